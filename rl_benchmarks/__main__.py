@@ -1,0 +1,5 @@
+import sys
+
+from rl_benchmarks.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``rlbench`` command line (the only place, with ``conf/``, where Hydra appears)."""

@@ -1,0 +1,109 @@
+"""``rlbench <command> key=value ...``: one entry point for every pipeline stage.
+
+Each command has a Hydra config folder ``rl_benchmarks/conf/<conf_dir>/`` whose
+primary file is ``<conf_name>.yaml`` and a module exposing ``main(cfg) -> int``.
+Overrides use Hydra's grammar (``key=value``, ``group=option``, ``+new=value``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+CONF_ROOT = Path(__file__).resolve().parent.parent / "conf"
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str
+    conf_dir: str
+    conf_name: str
+    help: str
+
+
+COMMANDS: dict[str, Command] = {
+    "tile": Command("rl_benchmarks.cli.tile", "tile", "config",
+                    "detect tissue and write coords.npy (+ QC pictures) for raw slides"),
+    "extract-slides": Command("rl_benchmarks.cli.extract_slides", "extract_features", "slide_config",
+                              "extract tile features of slides (features.npy per slide)"),
+    "extract-tiles": Command("rl_benchmarks.cli.extract_tiles", "extract_features", "tile_config",
+                             "extract features of a tile dataset (tile_features.npy)"),
+    "export-hf": Command("rl_benchmarks.cli.export_hf", "export_hf", "config",
+                         "convert an iBOT checkpoint into an owkin/phikon-style Hugging Face folder"),
+    "cv": Command("rl_benchmarks.cli.cross_validation", "slide_level_task/cross_validation", "config",
+                  "nested cross-validation of a MIL model on a slide-level task"),
+    "results": Command("rl_benchmarks.cli.results", "results", "config",
+                       "aggregate cross-validation experiments into one CSV"),
+    "linear-eval": Command("rl_benchmarks.cli.linear_evaluation", "tile_level_task/linear_evaluation",
+                           "config", "linear probe (and kNN) of tile features"),
+    "heatmap": Command("rl_benchmarks.cli.heatmap", "heatmap", "config",
+                       "draw per-tile scores of a trained MIL model over a slide thumbnail"),
+    "report": Command("rl_benchmarks.cli.report", "report", "config",
+                      "build report.html for a run folder"),
+    "pretrain": Command("rl_benchmarks.cli.pretrain", "pretrain", "config",
+                        "iBOT pre-training of a ViT on your own tiles"),
+    "finetune": Command("rl_benchmarks.cli.finetune", "finetune", "config",
+                        "LoRA (or linear) fine-tuning of a ViT extractor on a tile dataset"),
+    "demo": Command("rl_benchmarks.cli.demo", "demo", "config",
+                    "end-to-end demo on generated slides: tiles, features, CV, pictures, report"),
+}
+
+
+def compose(command: str, overrides: list[str]):
+    """Compose the Hydra config of ``command`` with ``overrides`` (no working-dir change)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    spec = COMMANDS[command]
+    conf_dir = CONF_ROOT / spec.conf_dir
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        return hydra_compose(config_name=spec.conf_name, overrides=overrides)
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [
+        "usage: rlbench <command> [key=value ...]",
+        "       rlbench <command> --help   (shows every key and its default)",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {c.help}" for name, c in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def run(command: str, overrides: list[str]) -> int:
+    """Run ``command`` with ``overrides``; returns the exit code."""
+    from omegaconf import OmegaConf
+
+    if command not in COMMANDS:
+        print(f"rlbench: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    if any(a in ("-h", "--help") for a in overrides):
+        cfg = compose(command, [a for a in overrides if a not in ("-h", "--help")])
+        print(f"rlbench {command}: {COMMANDS[command].help}\n")
+        print("keys (override with key=value):\n")
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    cfg = compose(command, overrides)
+    module = importlib.import_module(COMMANDS[command].module)
+    code = module.main(cfg)
+    return int(code or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    try:
+        return run(argv[0], argv[1:])
+    except KeyboardInterrupt:
+        print("rlbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
