@@ -1,0 +1,451 @@
+"""Parameter-efficient fine-tuning of Phikon (or any ViT extractor) on tile classification.
+
+The reference ships this as a notebook (reference-system.md §11): a Hugging Face
+``ViTModel`` with LoRA adapters (r=16, alpha=16, dropout 0.1) on the attention query and
+value projections and a trainable classifier head, AdamW lr 5e-3, batch 128, 10 epochs,
+best model kept by validation accuracy. ``mode="linear"`` runs the same loop with a frozen
+backbone and a linear head so the gain from LoRA is measured side by side.
+
+The backbone is always a ``transformers.ViTModel``. It is built from an owkin/phikon-style
+folder, from an iBOT checkpoint (converted in memory), or from random weights when asked for
+explicitly (``pretrained=False``, tests and smoke runs).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from rl_benchmarks.utils import io
+from rl_benchmarks.utils.seed import set_seed
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# transformers 4 names the attention projections query/key/value; transformers 5 q_proj/k_proj/v_proj.
+_QV_NAMES = (("q_proj", "v_proj"), ("query", "value"))
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of one fine-tuning run (defaults follow the reference tutorial)."""
+
+    mode: str = "lora"  # "lora" or "linear"
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    learning_rate: float = 5e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    num_epochs: int = 10
+    image_size: int = 224
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    device: str = "auto"
+    num_workers: int = 0
+    seed: int = 0
+    augment: bool = True
+    max_steps_per_epoch: int | None = None
+
+
+@dataclass
+class FinetuneResult:
+    """What a run measured and where it wrote its outputs."""
+
+    mode: str
+    n_trainable: int
+    n_total: int
+    trainable_percent: float
+    best_epoch: int
+    val_accuracy: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+    output_dir: str | None = None
+
+
+# --------------------------------------------------------------------------- backbone
+
+
+def random_vit_config(
+    hidden_size: int = 768,
+    num_hidden_layers: int = 12,
+    num_attention_heads: int = 12,
+    image_size: int = 224,
+    patch_size: int = 16,
+):
+    """A ViTConfig with Phikon's structure (LayerNorm eps 1e-6, qkv bias) and the given dims."""
+    from transformers import ViTConfig
+
+    return ViTConfig(
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        intermediate_size=4 * hidden_size,
+        image_size=image_size,
+        patch_size=patch_size,
+        layer_norm_eps=1e-6,
+        qkv_bias=True,
+        hidden_act="gelu",
+    )
+
+
+def load_vit_backbone(
+    weights_path: str | Path | None,
+    pretrained: bool = True,
+    encoder: str = "teacher",
+    vit_kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Return a ``transformers.ViTModel`` (no pooling layer).
+
+    ``weights_path`` is an owkin/phikon-style folder (``config.json`` + weights) or an iBOT
+    ``.pth`` checkpoint. Random weights need ``pretrained=False``; they are never a fallback.
+    """
+    from transformers import ViTModel
+
+    if weights_path is None:
+        if pretrained:
+            raise ValueError(
+                "finetune: weights_path is required for a pretrained backbone "
+                "(an owkin/phikon-style folder or an iBOT .pth); pass pretrained=false for "
+                "random weights"
+            )
+        return ViTModel(random_vit_config(**(vit_kwargs or {})), add_pooling_layer=False)
+    path = Path(weights_path)
+    if not path.exists():
+        raise FileNotFoundError(f"finetune: weights_path {path} does not exist")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"finetune: {path} is not a Hugging Face folder (no config.json)")
+        return ViTModel.from_pretrained(str(path), add_pooling_layer=False)
+    # An iBOT checkpoint: convert it through the HF exporter, in a temporary folder.
+    import tempfile
+
+    from rl_benchmarks.models.feature_extractors import hf as hf_interop
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_interop.export_ibot_to_hf(path, tmp, encoder=encoder)
+        return ViTModel.from_pretrained(tmp, add_pooling_layer=False)
+
+
+class ViTClassifier(nn.Module):
+    """A ViT backbone and a linear ``classifier`` on the CLS token of the last layer."""
+
+    def __init__(self, backbone: nn.Module, n_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = nn.Linear(backbone.config.hidden_size, n_classes)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(pixel_values=pixel_values).last_hidden_state
+        return self.classifier(hidden[:, 0])
+
+
+def lora_target_modules(backbone: nn.Module) -> list[str]:
+    """The names of the query and value projections in this transformers version."""
+    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in backbone.named_modules()}
+    for pair in _QV_NAMES:
+        if set(pair) <= leaf_names:
+            return list(pair)
+    raise ValueError("finetune: no query/value projections found in the backbone")
+
+
+def build_model(backbone: nn.Module, n_classes: int, cfg: FinetuneConfig) -> nn.Module:
+    """Wrap ``backbone`` for ``cfg.mode``: LoRA adapters on q/v + head, or a frozen linear probe."""
+    model = ViTClassifier(backbone, n_classes)
+    if cfg.mode == "linear":
+        model.backbone.requires_grad_(False)
+        return model
+    if cfg.mode != "lora":
+        raise ValueError(f"finetune: mode must be 'lora' or 'linear', got {cfg.mode!r}")
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=lora_target_modules(backbone),
+        modules_to_save=["classifier"],
+        bias="none",
+    )
+    return get_peft_model(model, lora)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; peft's saved-module copies count once."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = 0
+    for name, p in model.named_parameters():
+        if "original_module" in name:  # peft keeps a frozen copy of modules_to_save
+            continue
+        total += p.numel()
+    return trainable, total
+
+
+def expected_lora_trainable(hidden: int, n_layers: int, r: int, n_classes: int) -> int:
+    """LoRA on q and v of every layer (A: r×hidden, B: hidden×r) plus the linear head."""
+    return n_layers * 2 * (2 * r * hidden) + hidden * n_classes + n_classes
+
+
+# --------------------------------------------------------------------------- data
+
+
+class TileImageDataset(Dataset):
+    """Images listed in a frame with ``image_path`` and integer ``label`` columns."""
+
+    def __init__(self, frame: pd.DataFrame, transform):
+        self.paths = frame["image_path"].astype(str).tolist()
+        self.labels = frame["label"].astype(int).to_numpy()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            with Image.open(self.paths[index]) as img:
+                image = img.convert("RGB")
+        except OSError as exc:
+            raise OSError(f"finetune: cannot read tile {self.paths[index]}: {exc}") from exc
+        return self.transform(image), int(self.labels[index])
+
+
+def make_transforms(image_size: int, train: bool, augment: bool = True):
+    """The tutorial's transforms: RandomResizedCrop + flip for training, Resize + CenterCrop
+    for evaluation, then ImageNet normalisation."""
+    from torchvision import transforms as T
+
+    norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if train and augment:
+        return T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), *norm])
+    return T.Compose([T.Resize(image_size), T.CenterCrop(image_size), *norm])
+
+
+def split_frame(
+    frame: pd.DataFrame,
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+) -> dict[str, pd.DataFrame]:
+    """Draw stratified train/valid/test parts with a seed (used when no split is given)."""
+    from sklearn.model_selection import train_test_split
+
+    if len(fractions) != 3 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+        raise ValueError(f"finetune: split fractions must be 3 numbers summing to 1, got {fractions}")
+    labels = frame["label"].to_numpy()
+    strat = labels if np.bincount(labels).min() >= 3 else None
+    rest, test = train_test_split(
+        frame, test_size=fractions[2], random_state=seed, stratify=strat
+    )
+    strat_rest = rest["label"].to_numpy() if strat is not None else None
+    train, valid = train_test_split(
+        rest,
+        test_size=fractions[1] / (fractions[0] + fractions[1]),
+        random_state=seed,
+        stratify=strat_rest if strat_rest is not None and np.bincount(strat_rest).min() >= 2 else None,
+    )
+    return {"train": train, "valid": valid, "test": test}
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device in ("auto", None):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, int):
+        return torch.device("cpu" if device < 0 else f"cuda:{device}")
+    return torch.device(device)
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "auto":
+        if device.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "fp32"
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False), precision
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        raise ValueError(f"finetune: precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    return torch.autocast(device.type, dtype=dtype), precision
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, precision: str = "fp32"):
+    """Logits and labels of a loader, in order."""
+    model.eval()
+    logits, labels = [], []
+    for images, y in loader:
+        ctx, _ = _autocast(device, precision)
+        with ctx:
+            out = model(images.to(device, non_blocking=True))
+        logits.append(out.float().cpu())
+        labels.append(y)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def classification_metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    """Accuracy, balanced accuracy and macro F1 of the argmax predictions."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    pred = logits.argmax(1)
+    return {
+        "accuracy": float(accuracy_score(labels, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
+        "f1_macro": float(f1_score(labels, pred, average="macro")),
+    }
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
+
+
+def train(
+    model: nn.Module,
+    splits: dict[str, pd.DataFrame],
+    cfg: FinetuneConfig,
+    progress: bool = True,
+) -> tuple[nn.Module, FinetuneResult]:
+    """Train with AdamW, keep the best epoch by validation accuracy, score the test split."""
+    from tqdm.auto import tqdm
+
+    set_seed(cfg.seed)
+    device = _resolve_device(cfg.device)
+    model.to(device)
+    pin = device.type == "cuda"
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(
+        TileImageDataset(splits["train"], make_transforms(cfg.image_size, True, cfg.augment)),
+        batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
+        pin_memory=pin, generator=gen, drop_last=False,
+    )
+    eval_tf = make_transforms(cfg.image_size, False)
+    val_loader = DataLoader(TileImageDataset(splits["valid"], eval_tf), batch_size=cfg.batch_size,
+                            num_workers=cfg.num_workers, pin_memory=pin)
+    test_loader = DataLoader(TileImageDataset(splits["test"], eval_tf), batch_size=cfg.batch_size,
+                             num_workers=cfg.num_workers, pin_memory=pin)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    _, precision = _autocast(device, cfg.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    criterion = nn.CrossEntropyLoss()
+    n_trainable, n_total = count_parameters(model)
+
+    best_acc, best_epoch, best_state = -1.0, -1, None
+    val_acc, train_loss = [], []
+    for epoch in range(cfg.num_epochs):
+        model.train()
+        losses = []
+        bar = tqdm(train_loader, desc=f"finetune epoch {epoch + 1}/{cfg.num_epochs}",
+                   unit="batch", disable=not progress, leave=False)
+        for step, (images, labels) in enumerate(bar):
+            if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
+                break
+            ctx, _ = _autocast(device, precision)
+            with ctx:
+                logits = model(images.to(device, non_blocking=True))
+                loss = criterion(logits.float(), labels.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        train_loss.append(float(np.mean(losses)) if losses else float("nan"))
+        logits, labels = predict(model, val_loader, device, precision)
+        acc = classification_metrics(labels, logits)["accuracy"]
+        val_acc.append(acc)
+        if acc > best_acc:
+            best_acc, best_epoch, best_state = acc, epoch, _trainable_state(model)
+        logger.info("epoch %d: train loss %.4f, val accuracy %.4f", epoch + 1, train_loss[-1], acc)
+
+    if best_state is not None:
+        model.load_state_dict(best_state, strict=False)
+    logits, labels = predict(model, test_loader, device, precision)
+    result = FinetuneResult(
+        mode=cfg.mode,
+        n_trainable=n_trainable,
+        n_total=n_total,
+        trainable_percent=100.0 * n_trainable / max(n_total, 1),
+        best_epoch=best_epoch,
+        val_accuracy=val_acc,
+        train_loss=train_loss,
+        test_metrics=classification_metrics(labels, logits),
+    )
+    return model, result
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_outputs(
+    model: nn.Module,
+    result: FinetuneResult,
+    cfg: FinetuneConfig,
+    output_dir: str | Path,
+    extra_record: dict[str, Any] | None = None,
+) -> Path:
+    """Write the adapter (LoRA) or head (linear), the merged HF backbone, and ``results.json``.
+
+    The merged folder (``merged_hf/``) is an owkin/phikon-style folder that
+    ``create_extractor("phikon_hf", weights_path=...)`` loads as a feature extractor.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.mode == "lora":
+        model.save_pretrained(str(out / "adapter"))
+        merged = copy.deepcopy(model).merge_and_unload()
+    else:
+        merged = model
+    head = merged.classifier.state_dict()
+    with io.atomic_open(out / "classifier_head.pt", "wb") as f:
+        torch.save(head, f)
+    merged.backbone.save_pretrained(str(out / "merged_hf"))
+    _write_preprocessor(out / "merged_hf", cfg.image_size)
+    result.output_dir = str(out)
+    record = {"result": asdict(result), "config": asdict(cfg), **(extra_record or {})}
+    io.write_json(out / "results.json", record)
+    return out
+
+
+def _write_preprocessor(folder: Path, image_size: int) -> None:
+    io.write_text(
+        folder / "preprocessor_config.json",
+        json.dumps(
+            {
+                "image_processor_type": "ViTImageProcessor",
+                "do_resize": True,
+                "size": {"height": image_size, "width": image_size},
+                "do_rescale": True,
+                "rescale_factor": 1 / 255,
+                "do_normalize": True,
+                "image_mean": list(IMAGENET_MEAN),
+                "image_std": list(IMAGENET_STD),
+            },
+            indent=2,
+        ),
+    )
+
+
+def load_adapter(backbone: nn.Module, n_classes: int, adapter_dir: str | Path) -> nn.Module:
+    """Rebuild a fine-tuned LoRA classifier from ``backbone`` and a saved adapter folder."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(ViTClassifier(backbone, n_classes), str(adapter_dir))

@@ -1,0 +1,143 @@
+"""LoRA fine-tuning on a tiny random ViT and generated tiles."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from rl_benchmarks.evaluation import finetune as ft
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=16)
+
+
+def _tiny_backbone(seed: int = 0):
+    torch.manual_seed(seed)
+    return ft.load_vit_backbone(None, pretrained=False, vit_kwargs=TINY)
+
+
+def _write_tiles(root, n_per_class=8, size=40, seed=0):
+    """Three colour classes (pink, purple, white-ish) with noise."""
+    rng = np.random.default_rng(seed)
+    colours = {"STR": (230, 150, 190), "TUM": (110, 60, 150), "ADI": (245, 245, 240)}
+    rows = []
+    for name, colour in colours.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            img = np.clip(np.array(colour) + rng.normal(0, 12, (size, size, 3)), 0, 255)
+            path = root / name / f"{name}-{i}.png"
+            Image.fromarray(img.astype(np.uint8)).save(path)
+            rows.append({"image_path": str(path), "label": name})
+    return pd.DataFrame(rows)
+
+
+def test_only_lora_and_head_are_trainable_and_count_matches_formula():
+    cfg = ft.FinetuneConfig(mode="lora", lora_r=4, lora_alpha=4)
+    model = ft.build_model(_tiny_backbone(), n_classes=3, cfg=cfg)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(("lora_" in n) or ("classifier" in n) for n in trainable)
+    assert any("q_proj" in n or "query" in n for n in trainable)
+    assert any("v_proj" in n or "value" in n for n in trainable)
+    assert not any("k_proj" in n or ".key." in n for n in trainable)
+    n_trainable, n_total = ft.count_parameters(model)
+    assert n_trainable == ft.expected_lora_trainable(hidden=32, n_layers=2, r=4, n_classes=3)
+    assert 0 < n_trainable < n_total
+
+
+def test_linear_mode_trains_only_the_head():
+    model = ft.build_model(_tiny_backbone(), 3, ft.FinetuneConfig(mode="linear"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"classifier.weight", "classifier.bias"}
+
+
+def test_lora_loss_goes_down():
+    cfg = ft.FinetuneConfig(mode="lora", lora_r=4, lora_alpha=4, lora_dropout=0.0)
+    model = ft.build_model(_tiny_backbone(), 3, cfg)
+    torch.manual_seed(0)
+    x = torch.randn(12, 3, 32, 32)
+    y = torch.arange(12) % 3
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    losses = []
+    for _ in range(15):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_merged_equals_unmerged_and_adapter_reloads(tmp_path):
+    import copy
+
+    cfg = ft.FinetuneConfig(mode="lora", lora_r=4, lora_alpha=8)
+    model = ft.build_model(_tiny_backbone(), 3, cfg)
+    # Make the adapters non-trivial (B is zero-initialised).
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    model.eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+        merged = copy.deepcopy(model).merge_and_unload()
+        merged.eval()
+        torch.testing.assert_close(merged(x), out, atol=1e-5, rtol=1e-5)
+    model.save_pretrained(str(tmp_path / "adapter"))
+    reloaded = ft.load_adapter(_tiny_backbone(), 3, tmp_path / "adapter")
+    reloaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), out, atol=1e-6, rtol=1e-6)
+
+
+def test_cli_end_to_end_on_image_folder(tmp_path):
+    from transformers import ViTModel
+
+    from rl_benchmarks.cli.main import run
+
+    frame = _write_tiles(tmp_path / "tiles")
+    frame.to_csv(tmp_path / "tiles.csv", index=False)
+    out = tmp_path / "out"
+    code = run("finetune", [
+        f"data={tmp_path / 'tiles.csv'}", "pretrained=false", "vit.hidden_size=32",
+        "vit.num_hidden_layers=2", "vit.num_attention_heads=2", "image_size=32",
+        "num_epochs=2", "batch_size=8", "num_workers=0", "lora_r=4", "lora_alpha=4",
+        f"output_dir={out}",
+    ])
+    assert code == 0
+    record = json.loads((out / "results.json").read_text())
+    res = record["result"]
+    assert res["classes"] == ["ADI", "STR", "TUM"]
+    assert set(res["test_metrics"]) == {"accuracy", "balanced_accuracy", "f1_macro"}
+    assert len(res["val_accuracy"]) == 2 and 0 <= res["best_epoch"] < 2
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    merged = ViTModel.from_pretrained(str(out / "merged_hf"), add_pooling_layer=False)
+    assert merged.config.layer_norm_eps == 1e-6
+
+
+def test_pretrained_without_weights_is_an_error():
+    with pytest.raises(ValueError, match="weights_path is required"):
+        ft.load_vit_backbone(None, pretrained=True)
+
+
+@pytest.mark.real_data
+def test_crc_tiles_finetune_one_epoch(real_data, tmp_path):
+    labels = pd.read_csv(real_data / "tiles" / "crc_he_9class" / "labels.csv")
+    frame = pd.DataFrame({
+        "image_path": [str(real_data / "tiles" / "crc_he_9class" / p) for p in labels["path"]],
+        "label": labels["label"],
+    })
+    frame = frame.assign(label=frame.label.astype("category").cat.codes.astype(int))
+    splits = ft.split_frame(frame, (0.5, 0.25, 0.25), seed=0)
+    cfg = ft.FinetuneConfig(mode="lora", lora_r=4, lora_alpha=4, num_epochs=1, batch_size=16,
+                            image_size=32)
+    model = ft.build_model(_tiny_backbone(), frame.label.nunique(), cfg)
+    _, result = ft.train(model, splits, cfg, progress=False)
+    assert len(result.val_accuracy) == 1
+    assert 0.0 <= result.test_metrics["accuracy"] <= 1.0
+    assert np.isfinite(result.train_loss[0])
