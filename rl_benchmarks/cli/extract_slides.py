@@ -1,0 +1,125 @@
+"""``rlbench extract-slides``: slides -> per-slide ``features.npy`` (see extraction.slides)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from rl_benchmarks import __version__
+from rl_benchmarks.extraction import distributed as dist_utils
+from rl_benchmarks.extraction.slides import (
+    SlideExtractionSettings,
+    SlideInput,
+    list_slides,
+    run_slide_extraction,
+)
+
+logger = logging.getLogger("rlbench.extract")
+
+
+def _none(value):
+    return None if value in (None, "", "null", "None", "auto") else value
+
+
+def build_extractor(cfg: DictConfig, dist: dist_utils.DistInfo):
+    """The extractor of ``cfg.feature_extractor``; one GPU per rank under torchrun."""
+    import torch
+
+    from rl_benchmarks.models.feature_extractors import extractor_from_config
+
+    device = cfg.device
+    if dist.enabled and torch.cuda.is_available() and device != -1:
+        device = dist.local_rank
+    if OmegaConf.is_list(device):
+        device = list(device)
+    return extractor_from_config(cfg.feature_extractor, device=device, precision=cfg.precision)
+
+
+def reference_slides(cfg: DictConfig, extractor_name: str, tile_size: int):
+    """Slides, coords and the default output folder of a reference cohort."""
+    from hydra.utils import instantiate
+
+    from rl_benchmarks import paths
+
+    cohort = cfg.slide_dataset.cohort
+    root = paths.data_dir(cfg.data_dir) / "preprocessed" / "slides_classification" / "features"
+    sub = Path("TCGA") / cohort if cohort.upper().startswith("TCGA_") else Path(cohort)
+    default_out = root / extractor_name / sub
+    frame = instantiate(cfg.slide_dataset)(tile_size=tile_size, load_slide=True)
+    slides = []
+    for row in frame.itertuples(index=False):
+        path = Path(row.slide_path)
+        coords = getattr(row, "coords_path", None)
+        coords = None if coords is None or str(coords) == "nan" else Path(coords)
+        slides.append(SlideInput(path, path.name, coords))
+    return slides, default_out
+
+
+def main(cfg: DictConfig) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    dist = dist_utils.init_from_env("cuda" if torch.cuda.is_available() and cfg.device != -1
+                                    else "cpu")
+    from rl_benchmarks.utils.seed import set_seed
+
+    set_seed(int(cfg.seed))  # random-init extractors (tests, demo) are reproducible
+    extractor = build_extractor(cfg, dist)
+    tile_size = extractor.tile_size if _none(cfg.tile_size) is None else int(cfg.tile_size)
+    if tile_size != extractor.tile_size:
+        raise ValueError(f"tile_size={tile_size} differs from {extractor.name}'s "
+                         f"{extractor.tile_size}: leave tile_size=auto")
+    out = _none(cfg.output_dir) or _none(cfg.features_output_dir)
+    if cfg.get("slide_dataset") is not None:
+        slides, default_out = reference_slides(cfg, extractor.name, tile_size)
+        out = out or default_out
+    elif cfg.slides:
+        slides = list_slides(cfg.slides)
+    else:
+        print("extract-slides: give slides=<folder or CSV> or slide_dataset=<cohort>",
+              file=sys.stderr)
+        return 2
+    if out is None:
+        print("extract-slides: give output_dir=<folder>", file=sys.stderr)
+        return 2
+    settings = SlideExtractionSettings(
+        n_tiles=_none(cfg.n_tiles), random_sampling=bool(cfg.random_sampling), seed=int(cfg.seed),
+        batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers),
+        target_mpp=_none(cfg.target_mpp), tile_size=tile_size, min_tissue=float(cfg.min_tissue),
+        default_mpp=_none(cfg.default_mpp), mpp_tolerance=float(cfg.mpp_tolerance),
+        float16=bool(cfg.float16), progress=bool(cfg.progress),
+    )
+    record = {
+        "extractor": extractor.record(),
+        "tile_size": tile_size,
+        "mpp": settings.target_mpp or extractor.mpp,
+        "n_tiles": settings.n_tiles,
+        "random_sampling": settings.random_sampling,
+        "seed": settings.seed,
+        "precision": cfg.precision,
+        "package_version": __version__,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    if not extractor.record().get("pretrained", True) and dist.is_main:
+        print(f"extract-slides: {extractor.name} has RANDOM weights (pretrained=false)")
+    summary = run_slide_extraction(slides, out, extractor, settings, run_record=record, dist=dist)
+    code = 0
+    if dist.is_main:
+        print(f"extract-slides: {summary.line()}")
+        for slide_id, error in sorted(summary.failed.items()):
+            print(f"  failed: {slide_id}: {error}", file=sys.stderr)
+        if summary.failed:
+            print(f"  failures listed in {Path(out) / 'failures.csv'}", file=sys.stderr)
+            code = 1
+    dist_utils.barrier(dist)
+    dist_utils.shutdown(dist)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from rl_benchmarks.cli.main import run
+
+    sys.exit(run("extract-slides", sys.argv[1:]))
