@@ -93,7 +93,27 @@ def run(command: str, overrides: list[str]) -> int:
     return int(code or 0)
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "bad input": shown as one line, not a traceback."""
+    errors: list[type[BaseException]] = [FileNotFoundError, ValueError]
+    for module, name in (
+        ("rl_benchmarks.datasets.validation", "CohortError"),
+        ("rl_benchmarks.slides.openslide_io", "SlideError"),
+        ("rl_benchmarks.models.feature_extractors.weights", "WeightsError"),
+        ("hydra.errors", "HydraException"),
+        ("omegaconf.errors", "OmegaConfBaseException"),
+    ):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):  # pragma: no cover
+            pass
+    return tuple(errors)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Console entry point. Set RLB_DEBUG=1 to see tracebacks of input errors."""
+    import os
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -103,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rlbench: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if os.environ.get("RLB_DEBUG") or not isinstance(exc, _user_errors()):
+            raise
+        message = str(exc).strip() or type(exc).__name__
+        print(f"rlbench {argv[0]}: error: {message}\n(set RLB_DEBUG=1 to see the traceback)",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
