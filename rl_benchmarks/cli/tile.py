@@ -1,0 +1,49 @@
+"""``rlbench tile``: raw slides to ``coords.npy`` (+ QC pictures), see docs/slides.md."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from omegaconf import DictConfig
+
+
+def main(cfg: DictConfig) -> int:
+    """Run :func:`rl_benchmarks.slides.tiling.tile_slides`; exit 1 if any slide failed."""
+    from rl_benchmarks.slides.tiling import tile_slides
+
+    output_dir = cfg.output_dir
+    if output_dir is None and cfg.layout == "reference":
+        from rl_benchmarks.paths import data_dir
+
+        try:
+            output_dir = data_dir(cfg.get("data_dir")) / "preprocessed" / "slides_classification"
+            output_dir = output_dir / "coords"
+        except ValueError as err:
+            print(f"rlbench tile: {err}", file=sys.stderr)
+            return 2
+    if output_dir is None:
+        print("rlbench tile: output_dir=<folder> is required", file=sys.stderr)
+        return 2
+    try:
+        summary = tile_slides(
+            slides=os.path.expanduser(str(cfg.slides)),
+            output_dir=output_dir,
+            tile_size=int(cfg.tile_size),
+            target_mpp=float(cfg.target_mpp),
+            min_tissue=float(cfg.min_tissue),
+            default_mpp=None if cfg.default_mpp is None else float(cfg.default_mpp),
+            mpp_tolerance=float(cfg.mpp_tolerance),
+            mask_mpp=float(cfg.mask_mpp),
+            num_workers=int(cfg.num_workers),
+            qc=bool(cfg.qc),
+            overwrite=bool(cfg.overwrite),
+            empty_is_failure=bool(cfg.empty_is_failure),
+            cohort=cfg.cohort,
+            layout=str(cfg.layout),
+            progress=bool(cfg.progress),
+        )
+    except ValueError as err:
+        print(f"rlbench tile: {err}", file=sys.stderr)
+        return 2
+    return 0 if summary.ok else 1

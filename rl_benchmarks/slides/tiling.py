@@ -1,0 +1,528 @@
+"""Raw slides to tissue tile coordinates: ``tile_slide`` (one slide) and ``tile_slides``
+(a folder, CSV or list, in parallel, resumable, with ``failures.csv`` and a summary).
+
+Why: the reference ships precomputed ``coords.npy`` files but no way to make them for
+one's own slides. Here: open the slide (mpp), read a ~8 µm/px image of it in bounded
+memory, detect tissue, choose the DeepZoom level nearest ``target_mpp``, keep the grid
+tiles whose tissue fraction is at least ``min_tissue``, and write
+``[dz_level, col, row]`` coordinates (reference §3.2).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rl_benchmarks.slides.grid import choose_level, tile_grid, tissue_fractions
+from rl_benchmarks.slides.openslide_io import (
+    SLIDE_EXTENSIONS,
+    MPPToleranceError,
+    SlideError,
+    SlideInfo,
+    SlideReadError,
+    open_slide,
+)
+from rl_benchmarks.slides.tissue import TissueParams, detect_tissue, params_dict
+from rl_benchmarks.utils.io import save_npy, write_json, write_text
+
+COORDS_FILE = "coords.npy"
+QC_FILE = "qc.png"
+RECORD_FILE = "tiling.json"
+FAILURES_FILE = "failures.csv"
+SUMMARY_FILE = "tiling_summary.json"
+
+_CHUNK = 4096  # read the mask image in chunks of at most this many level pixels per side
+
+
+# --------------------------------------------------------------------------------------------
+# Low-resolution image for tissue detection
+
+
+def mask_mpp_for(info: SlideInfo, mask_mpp: float = 8.0, max_megapixels: float = 4.0) -> float:
+    """``mask_mpp``, raised (up to 2x, i.e. 16 µm/px by default) when the mask image would
+    have more than ``max_megapixels`` (keeps detection time and memory bounded)."""
+    w0, h0 = info.dimensions
+    mp = w0 * h0 * (info.mpp / mask_mpp) ** 2 / 1e6
+    if mp <= max_megapixels:
+        return mask_mpp
+    return min(2.0 * mask_mpp, mask_mpp * float(np.sqrt(mp / max_megapixels)))
+
+
+def read_mask_image(
+    info: SlideInfo, mask_mpp: float = 8.0
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float], float, int]:
+    """Read the slide at about ``mask_mpp`` µm/px in bounded memory.
+
+    Uses the coarsest pyramid level not coarser than 1.5 × ``mask_mpp`` and
+    box-averages it by an integer factor, chunk by chunk. Returns ``(rgb, valid,
+    (sx, sy), mpp, level)``: RGB uint8 composited on white, ``valid`` = scanned pixels
+    (OpenSlide alpha), level-0 pixels per mask pixel, the mask mpp and the level used.
+    """
+    mpps = info.level_mpps
+    candidates = [i for i, m in enumerate(mpps) if m <= 1.5 * mask_mpp]
+    level = max(candidates, key=lambda i: mpps[i]) if candidates else 0
+    f = max(1, int(round(mask_mpp / mpps[level])))
+    lw, lh = info.level_dimensions[level]
+    ow, oh = math.ceil(lw / f), math.ceil(lh / f)
+    rgb = np.empty((oh, ow, 3), np.uint8)
+    valid = np.empty((oh, ow), bool)
+    ds = info.level_downsamples[level]
+    chunk = max(f, (_CHUNK // f) * f)
+    slide = info.slide
+    for y in range(0, lh, chunk):
+        for x in range(0, lw, chunk):
+            cw, ch = min(chunk, lw - x), min(chunk, lh - y)
+            try:
+                region = slide.read_region((int(x * ds), int(y * ds)), level, (cw, ch))  # type: ignore[attr-defined]
+            except Exception as err:
+                raise SlideReadError(info.path, f"reading level {level} at {(x, y)}: {err}") from err
+            a = np.asarray(region)
+            alpha = a[..., 3:4].astype(np.float32) / 255.0
+            px = a[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+            px = np.concatenate([px, alpha * 255.0], axis=-1)
+            bh, bw = math.ceil(ch / f), math.ceil(cw / f)
+            if ch % f or cw % f:
+                px = np.pad(px, ((0, bh * f - ch), (0, bw * f - cw), (0, 0)), mode="edge")
+            red = px.reshape(bh, f, bw, f, 4).mean(axis=(1, 3))
+            oy, ox = y // f, x // f
+            rgb[oy : oy + bh, ox : ox + bw] = np.clip(red[..., :3] + 0.5, 0, 255).astype(np.uint8)
+            valid[oy : oy + bh, ox : ox + bw] = red[..., 3] >= 127.5
+    w0, h0 = info.dimensions
+    scale = (w0 / ow if ow else 1.0, h0 / oh if oh else 1.0)
+    return rgb, valid, scale, float(mpps[level] * f), level
+
+
+# --------------------------------------------------------------------------------------------
+# One slide
+
+
+@dataclass
+class TilingResult:
+    """Tiles of one slide. ``coords`` rows are ``[dz_level, col, row]`` (int64)."""
+
+    slide_path: Path
+    coords: np.ndarray
+    tissue_fraction: np.ndarray
+    level: int
+    level_count: int
+    downsample: int
+    tile_mpp: float
+    mpp: float
+    mpp_source: str
+    vendor: str
+    dimensions: tuple[int, int]
+    tile_size: int
+    target_mpp: float
+    min_tissue: float
+    grid: tuple[int, int]
+    mask: np.ndarray = field(repr=False)
+    pen: np.ndarray | None = field(repr=False)
+    thumbnail: np.ndarray | None = field(repr=False)
+    mask_mpp: float = 8.0
+    mask_scale: tuple[float, float] = (1.0, 1.0)
+    mask_level: int = 0
+    tissue_info: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    message: str = ""
+
+    @property
+    def n_tiles(self) -> int:
+        return int(len(self.coords))
+
+    def record(self) -> dict:
+        """JSON-able description (written as ``tiling.json`` beside ``coords.npy``)."""
+        from rl_benchmarks import __version__
+
+        return {
+            "slide": str(self.slide_path),
+            "slide_name": self.slide_path.name,
+            "status": "ok" if self.n_tiles else "empty",
+            "message": self.message,
+            "n_tiles": self.n_tiles,
+            "coords_format": "[deepzoom_level, col, row]; DeepZoomGenerator(slide, tile_size, "
+            "overlap=0, limit_bounds=False)",
+            "level": self.level,
+            "level_count": self.level_count,
+            "downsample": self.downsample,
+            "tile_mpp": self.tile_mpp,
+            "mpp": self.mpp,
+            "mpp_source": self.mpp_source,
+            "vendor": self.vendor,
+            "dimensions": list(self.dimensions),
+            "tile_size": self.tile_size,
+            "target_mpp": self.target_mpp,
+            "min_tissue": self.min_tissue,
+            "grid_cols_rows": list(self.grid),
+            "mask_mpp": self.mask_mpp,
+            "mask_level": self.mask_level,
+            "mask_shape": list(self.mask.shape),
+            "tissue": self.tissue_info,
+            "seconds": round(self.seconds, 3),
+            "package_version": __version__,
+        }
+
+
+def tile_slide(
+    path: str | os.PathLike,
+    tile_size: int = 224,
+    target_mpp: float = 0.5,
+    min_tissue: float = 0.6,
+    default_mpp: float | None = None,
+    mpp_tolerance: float = 0.2,
+    mask_mpp: float = 8.0,
+    tissue_params: TissueParams | None = None,
+    max_mask_megapixels: float = 4.0,
+) -> TilingResult:
+    """Detect tissue and return the grid tiles with tissue fraction ≥ ``min_tissue``.
+
+    Tissue is detected on an image at about ``mask_mpp`` µm/px (raised up to 2x for
+    slides whose mask would exceed ``max_mask_megapixels``). Raises :class:`SlideError`
+    subclasses (one-line messages) for unusable slides. A slide without tissue gives 0
+    tiles and a ``message`` saying why.
+    """
+    t0 = time.perf_counter()
+    if int(tile_size) != tile_size or tile_size <= 0:
+        raise ValueError(f"tile_size={tile_size}: must be a positive integer")
+    if not 0.0 <= min_tissue <= 1.0:
+        raise ValueError(f"min_tissue={min_tissue}: must be in [0, 1]")
+    if not mask_mpp > 0:
+        raise ValueError(f"mask_mpp={mask_mpp}: must be positive")
+    tissue_params = tissue_params or TissueParams()
+    with open_slide(path, default_mpp=default_mpp) as info:
+        try:
+            choice = choose_level(*info.dimensions, info.mpp, target_mpp, mpp_tolerance)
+        except ValueError as err:
+            raise MPPToleranceError(info.path, str(err)) from None
+        eff_mpp = mask_mpp_for(info, mask_mpp, max_mask_megapixels)
+        rgb, valid, scale, m_mpp, m_level = read_mask_image(info, eff_mpp)
+    det = detect_tissue(rgb, m_mpp, tissue_params, valid=valid)
+    frac = tissue_fractions(det.mask, scale, choice, int(tile_size), info.dimensions)
+    rows, cols = np.nonzero(frac >= min_tissue - 1e-9) if min_tissue > 0 else np.indices(
+        frac.shape
+    ).reshape(2, -1)
+    coords = np.column_stack(
+        [np.full(len(rows), choice.level, np.int64), cols.astype(np.int64), rows.astype(np.int64)]
+    ).reshape(-1, 3)
+    kept = frac[rows, cols].astype(np.float32)
+    info_d = det.info()
+    info_d["params"] = params_dict(tissue_params)
+    message = ""
+    if len(coords) == 0:
+        if not det.mask.any():
+            message = "no tissue detected (background only)"
+        else:
+            message = (
+                f"no tile has tissue fraction >= min_tissue={min_tissue} "
+                f"(tissue covers {info_d['tissue_fraction']:.1%} of the mask image; "
+                f"best tile {float(frac.max()) if frac.size else 0.0:.2f})"
+            )
+    return TilingResult(
+        slide_path=Path(path),
+        coords=coords,
+        tissue_fraction=kept,
+        level=choice.level,
+        level_count=choice.level_count,
+        downsample=choice.downsample,
+        tile_mpp=choice.mpp,
+        mpp=info.mpp,
+        mpp_source=info.mpp_source,
+        vendor=info.vendor,
+        dimensions=info.dimensions,
+        tile_size=int(tile_size),
+        target_mpp=float(target_mpp),
+        min_tissue=float(min_tissue),
+        grid=tile_grid(choice.size, int(tile_size)),
+        mask=det.mask,
+        pen=det.pen,
+        thumbnail=rgb,
+        mask_mpp=m_mpp,
+        mask_scale=scale,
+        mask_level=m_level,
+        tissue_info=info_d,
+        seconds=time.perf_counter() - t0,
+        message=message,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Many slides
+
+
+@dataclass
+class TilingSummary:
+    """What ``tile_slides`` did; ``ok`` is False when any slide failed."""
+
+    output_dir: Path
+    n_slides: int = 0
+    n_done: int = 0
+    n_skipped: int = 0
+    n_empty: int = 0
+    n_failed: int = 0
+    n_tiles: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    slides: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.n_failed == 0
+
+    def line(self) -> str:
+        return (
+            f"tiled {self.n_slides} slide(s) in {self.seconds:.1f} s: {self.n_done} done, "
+            f"{self.n_skipped} already done, {self.n_empty} without tiles, "
+            f"{self.n_failed} failed; {self.n_tiles} tiles"
+            + (f" (see {self.output_dir / FAILURES_FILE})" if self.n_failed else "")
+        )
+
+
+def collect_slides(slides: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Slide paths from a folder (by extension), a CSV (``slide_path`` or ``path`` column,
+    relative paths resolved against the CSV's folder) or a list."""
+    if isinstance(slides, (str, os.PathLike)):
+        src = Path(slides)
+        if src.is_dir():
+            found = sorted(
+                p for p in src.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS
+            )
+            if not found:
+                raise ValueError(
+                    f"{src}: no slide files (extensions {', '.join(SLIDE_EXTENSIONS)})"
+                )
+            return found
+        if src.suffix.lower() == ".csv":
+            if not src.is_file():
+                raise ValueError(f"{src}: CSV file not found")
+            with open(src, newline="") as f:
+                reader = csv.DictReader(f)
+                cols = reader.fieldnames or []
+                col = next((c for c in ("slide_path", "path", "slide") if c in cols), None)
+                if col is None:
+                    raise ValueError(
+                        f"{src}: no 'slide_path' (or 'path') column; columns are {cols}"
+                    )
+                out = []
+                for i, row in enumerate(reader, start=2):
+                    value = (row.get(col) or "").strip()
+                    if not value:
+                        raise ValueError(f"{src}: line {i}: empty '{col}'")
+                    p = Path(value).expanduser()
+                    out.append(p if p.is_absolute() else src.parent / p)
+            if not out:
+                raise ValueError(f"{src}: no slides listed")
+            return out
+        if src.is_file():
+            return [src]
+        raise ValueError(f"slides={src}: not a folder, a CSV file or a slide file")
+    return [Path(p) for p in slides]
+
+
+def reference_slide_dir(
+    output_dir: Path, cohort: str, tile_size: int, slide_name: str
+) -> Path:
+    """``coords_<tile_size>/<cohort>/<slide>`` (TCGA cohorts under ``TCGA/``), reference §3.5."""
+    sub = Path("TCGA") / cohort if cohort.upper().startswith("TCGA_") else Path(cohort)
+    return output_dir / f"coords_{tile_size}" / sub / slide_name
+
+
+def _params(kw: dict) -> dict:
+    keys = ("tile_size", "target_mpp", "min_tissue", "default_mpp", "mpp_tolerance", "mask_mpp")
+    return {k: kw[k] for k in keys}
+
+
+def _tile_job(job: dict) -> dict:
+    """Tile one slide and write its files; never raises (returns a status row)."""
+    path, out = Path(job["path"]), Path(job["out"])
+    kw = job["kwargs"]
+    row = {"slide": str(path), "slide_name": path.name, "out": str(out)}
+    rec_path, coords_path = out / RECORD_FILE, out / COORDS_FILE
+    if not job["overwrite"] and rec_path.is_file() and coords_path.is_file():
+        import json
+
+        try:
+            rec = json.loads(rec_path.read_text())
+        except (OSError, ValueError):
+            rec = {}
+        same = dict(rec.get("params") or {})
+        want = _params(kw)
+        if rec.get("mpp_source") != "default_mpp":  # default_mpp did not matter for it
+            same.pop("default_mpp", None)
+            want.pop("default_mpp", None)
+        if same == want:
+            row.update(status="skipped", n_tiles=rec.get("n_tiles", 0),
+                       previous_status=rec.get("status"), message=rec.get("message", ""))
+            return row
+    try:
+        params = TissueParams(**job["tissue"]) if job["tissue"] else None
+        res = tile_slide(path, tissue_params=params, **kw)
+        save_npy(coords_path, res.coords)
+        if job["qc"]:
+            from rl_benchmarks.slides.qc import save_qc
+
+            save_qc(res, out / QC_FILE)
+        rec = res.record()
+        rec["params"] = _params(kw)
+        write_json(rec_path, rec)
+        row.update(status=rec["status"], n_tiles=res.n_tiles, message=res.message,
+                   seconds=round(res.seconds, 3), level=res.level, mpp=res.mpp)
+    except SlideError as err:
+        row.update(status="failed", error=f"{type(err).__name__}: {err.cause}")
+    except Exception as err:  # any other failure of one slide must not stop the others
+        row.update(status="failed", error=f"{type(err).__name__}: {err}")
+    return row
+
+
+def tile_slides(
+    slides: str | os.PathLike | Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike | None,
+    tile_size: int = 224,
+    target_mpp: float = 0.5,
+    min_tissue: float = 0.6,
+    default_mpp: float | None = None,
+    mpp_tolerance: float = 0.2,
+    mask_mpp: float = 8.0,
+    tissue_params: TissueParams | None = None,
+    num_workers: int = 1,
+    qc: bool = True,
+    overwrite: bool = False,
+    empty_is_failure: bool = True,
+    cohort: str | None = None,
+    layout: str = "flat",
+    progress: bool = True,
+) -> TilingSummary:
+    """Tile many slides; write per-slide files, ``failures.csv`` and a summary.
+
+    Per slide, in ``<output_dir>/<slide file name>/`` (or, with ``layout="reference"``,
+    ``<output_dir>/coords_<tile_size>/<cohort>/<slide file name>/``): ``coords.npy``,
+    ``qc.png`` and ``tiling.json``. Slides already done with the same parameters are
+    skipped. A slide that cannot be tiled is listed in ``failures.csv`` (slide, error)
+    and the others go on; so is a slide without tiles when ``empty_is_failure``.
+    """
+    t0 = time.perf_counter()
+    if layout not in ("flat", "reference"):
+        raise ValueError(f"layout={layout!r}: expected 'flat' or 'reference'")
+    if layout == "reference" and not cohort:
+        raise ValueError("layout='reference' needs cohort=<e.g. CAMELYON16_FULL or TCGA_COAD>")
+    if output_dir is None or str(output_dir) == "":
+        if layout != "reference":
+            raise ValueError("output_dir is required (or use layout=reference with data_dir set)")
+        from rl_benchmarks.paths import data_dir
+
+        output_dir = data_dir() / "preprocessed" / "slides_classification" / "coords"
+    output_dir = Path(output_dir)
+    paths = collect_slides(slides)
+    names: dict[str, Path] = {}
+    for p in paths:
+        if p.name in names and names[p.name] != p:
+            raise ValueError(
+                f"two slides share the file name {p.name!r} ({names[p.name]} and {p}); "
+                "output folders are named after the file, rename one"
+            )
+        names[p.name] = p
+    kwargs = dict(tile_size=int(tile_size), target_mpp=float(target_mpp),
+                  min_tissue=float(min_tissue),
+                  default_mpp=None if default_mpp is None else float(default_mpp),
+                  mpp_tolerance=float(mpp_tolerance), mask_mpp=float(mask_mpp))
+    tissue = params_dict(tissue_params) if tissue_params else None
+    jobs = []
+    for p in paths:
+        out = (reference_slide_dir(output_dir, cohort, int(tile_size), p.name)
+               if layout == "reference" else output_dir / p.name)
+        jobs.append(dict(path=str(p), out=str(out), kwargs=kwargs, tissue=tissue, qc=qc,
+                         overwrite=overwrite))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows = _run_jobs(jobs, num_workers, progress)
+    summary = TilingSummary(output_dir=output_dir, n_slides=len(jobs))
+    for row in rows:
+        status = row["status"]
+        if status == "failed":
+            summary.n_failed += 1
+            summary.failures.append((row["slide"], row["error"]))
+            continue
+        summary.n_tiles += int(row.get("n_tiles", 0))
+        if status == "skipped":
+            summary.n_skipped += 1
+        else:
+            summary.n_done += 1
+        empty = status == "empty" or (status == "skipped" and row.get("previous_status") == "empty")
+        if empty:
+            summary.n_empty += 1
+            if empty_is_failure:
+                summary.n_failed += 1
+                summary.failures.append((row["slide"], f"NoTissue: {row.get('message', '')}"))
+    summary.slides = rows
+    summary.seconds = time.perf_counter() - t0
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["slide", "error"])
+    writer.writerows(summary.failures)
+    write_text(output_dir / FAILURES_FILE, buf.getvalue())
+    write_json(output_dir / SUMMARY_FILE, {
+        "n_slides": summary.n_slides, "n_done": summary.n_done, "n_skipped": summary.n_skipped,
+        "n_empty": summary.n_empty, "n_failed": summary.n_failed, "n_tiles": summary.n_tiles,
+        "seconds": round(summary.seconds, 3), "params": kwargs, "layout": layout,
+        "cohort": cohort, "slides": rows,
+    })
+    for slide, err in summary.failures:
+        print(f"rlbench tile: FAILED {slide}: {err}", file=sys.stderr)
+    print(summary.line(), file=sys.stderr)
+    return summary
+
+
+def _run_jobs(jobs: list[dict], num_workers: int, progress: bool) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), desc="tiling", unit="slide", disable=not progress,
+               dynamic_ncols=True)
+    rows: list[dict] = []
+    try:
+        if num_workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                rows.append(_tile_job(job))
+                bar.update(1)
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            ctx = mp.get_context(_start_method())
+            with ProcessPoolExecutor(min(num_workers, len(jobs)), mp_context=ctx) as pool:
+                futures = {pool.submit(_tile_job, job): job for job in jobs}
+                for fut in as_completed(futures):
+                    try:
+                        rows.append(fut.result())
+                    except Exception as err:  # worker crashed (e.g. killed)
+                        job = futures[fut]
+                        rows.append({"slide": job["path"], "slide_name": Path(job["path"]).name,
+                                     "status": "failed", "error": f"worker crashed: {err}"})
+                    bar.update(1)
+    finally:
+        bar.close()
+    order = {j["path"]: i for i, j in enumerate(jobs)}
+    rows.sort(key=lambda r: order.get(r["slide"], 0))
+    return rows
+
+
+def _start_method() -> str:
+    """"spawn" (safe with threads), or "fork" when ``__main__`` cannot be re-imported
+    (code run from stdin or ``-c``), where spawn would crash."""
+    main = sys.modules.get("__main__")
+    main_file = getattr(main, "__file__", None)
+    if main_file is not None and not os.path.isfile(main_file) and os.name == "posix":
+        return "fork"
+    return "spawn"
+
+
+def iter_slide_coords(output_dir: str | os.PathLike) -> Iterable[tuple[str, Path]]:
+    """(slide file name, coords.npy path) of every finished slide below ``output_dir``."""
+    for p in sorted(Path(output_dir).rglob(COORDS_FILE)):
+        yield p.parent.name, p
