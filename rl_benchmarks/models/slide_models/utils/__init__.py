@@ -1,0 +1,63 @@
+"""Building blocks of the MIL slide models."""
+
+from __future__ import annotations
+
+import torch
+
+from .attention import GatedAttention, NystromAttention, SelfAttention, _moore_penrose_iter_pinv
+from .extreme_layer import ExtremeLayer
+from .mlp import MLP, resolve_activation
+from .tile_layers import MaskedLinear, TilesMLP
+
+__all__ = [
+    "MLP",
+    "ExtremeLayer",
+    "GatedAttention",
+    "MaskedLinear",
+    "NystromAttention",
+    "SelfAttention",
+    "TilesMLP",
+    "_moore_penrose_iter_pinv",
+    "resolve_activation",
+    "split_features",
+    "prepare_mask",
+    "scores_with_nan_padding",
+]
+
+
+def split_features(features: torch.Tensor, metadata_cols: int) -> torch.Tensor:
+    """The feature columns of (B, N, metadata_cols + D) input, as a view (no copy)."""
+    if features.dim() != 3:
+        raise ValueError(
+            f"features must be (batch, tiles, {metadata_cols} + D); got shape "
+            f"{tuple(features.shape)}"
+        )
+    if features.shape[-1] <= metadata_cols:
+        raise ValueError(
+            f"features have {features.shape[-1]} columns, not more than metadata_cols="
+            f"{metadata_cols}"
+        )
+    return features[..., metadata_cols:] if metadata_cols else features
+
+
+def prepare_mask(mask: torch.Tensor | None, features: torch.Tensor) -> torch.Tensor | None:
+    """The padding mask as (B, N, 1) bool (True = padding); (B, N) masks are accepted."""
+    if mask is None:
+        return None
+    b, n = features.shape[0], features.shape[1]
+    if tuple(mask.shape) not in ((b, n, 1), (b, n)):
+        raise ValueError(
+            f"mask must be (batch, tiles, 1) = ({b}, {n}, 1) like the features; got shape "
+            f"{tuple(mask.shape)}"
+        )
+    if mask.dtype != torch.bool:
+        mask = mask.bool()
+    return mask.reshape(b, n, 1)
+
+
+def scores_with_nan_padding(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, N) tile scores with NaN at padded tiles, detached, for heatmaps."""
+    scores = scores.detach()
+    if mask is None:
+        return scores
+    return scores.masked_fill(mask.reshape(scores.shape), float("nan"))

@@ -1,0 +1,80 @@
+"""Tile-wise layers that know about padding: ``MaskedLinear`` and ``TilesMLP``.
+
+Shapes: ``x`` is (B, N, d), ``mask`` is (B, N, 1) bool with True on padded tiles (or None).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .mlp import check_dropout, resolve_activation
+
+
+class MaskedLinear(nn.Linear):
+    """A Linear layer whose output rows at padded tiles are set to ``float(mask_value)``.
+
+    With ``mask_value="-inf"`` a following softmax or top-k ignores the padding, and a
+    following sigmoid maps it to 0.
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, mask_value: str | float, bias: bool = True
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.mask_value = mask_value
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        out = super().forward(x)
+        if mask is not None:
+            out = out.masked_fill(mask, float(self.mask_value))
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, mask_value={self.mask_value}"
+
+
+class TilesMLP(nn.Module):
+    """An MLP applied to every tile: hidden layers are ``MaskedLinear(-inf)`` + activation
+    (+ dropout), the last layer is a plain ``Linear(d, out_features)``.
+
+    After a sigmoid the padded rows of the hidden layers are 0; the output rows at padded
+    tiles are not masked (the caller masks what it pools).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int = 1,
+        hidden: Sequence[int] | None = None,
+        bias: bool = True,
+        activation: Any = nn.Sigmoid(),
+        dropout: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        check_dropout(hidden, dropout, "TilesMLP")
+        act = resolve_activation(activation)
+        self.hidden_layers = nn.ModuleList()
+        d = in_features
+        for i, width in enumerate(hidden or []):
+            block = nn.ModuleList([MaskedLinear(d, int(width), mask_value="-inf", bias=bias), act])
+            if dropout is not None:
+                block.append(nn.Dropout(float(dropout[i])))
+            self.hidden_layers.append(block)
+            d = int(width)
+        self.hidden_layers.append(nn.Linear(d, out_features, bias=bias))
+        self.in_features = in_features
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, in_features) -> (B, N, out_features)."""
+        for layer in self.hidden_layers:
+            if isinstance(layer, nn.ModuleList):
+                for sub in layer:
+                    x = sub(x, mask) if isinstance(sub, MaskedLinear) else sub(x)
+            else:
+                x = layer(x)
+        return x
