@@ -81,6 +81,11 @@ def run(command: str, overrides: list[str]) -> int:
     if command not in COMMANDS:
         print(f"rlbench: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    module = importlib.import_module(COMMANDS[command].module)
+    # A command may rewrite its overrides first (e.g. ``cv task=<cohort.csv>``).
+    rewrite = getattr(module, "preprocess_overrides", None)
+    if rewrite is not None:
+        overrides = rewrite(list(overrides))
     if any(a in ("-h", "--help") for a in overrides):
         cfg = compose(command, [a for a in overrides if a not in ("-h", "--help")])
         print(f"rlbench {command}: {COMMANDS[command].help}\n")
@@ -88,7 +93,6 @@ def run(command: str, overrides: list[str]) -> int:
         print(OmegaConf.to_yaml(cfg))
         return 0
     cfg = compose(command, overrides)
-    module = importlib.import_module(COMMANDS[command].module)
     code = module.main(cfg)
     return int(code or 0)
 
@@ -113,6 +117,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point. Set RLB_DEBUG=1 to see tracebacks of input errors."""
     import os
+    import signal
+
+    if hasattr(signal, "SIGPIPE"):  # `rlbench cv --help | head` ends quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
