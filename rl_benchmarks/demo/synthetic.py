@@ -401,7 +401,7 @@ def generate_cohort(
     for p in patients:
         log_hazard = 1.0 * (p in positive) + 6.0 * burden[p] + rng.normal(0, 0.25)
         t_event = rng.exponential(40.0 * math.exp(-log_hazard))
-        t_cens = rng.uniform(6.0, 90.0)
+        t_cens = rng.uniform(3.0, 40.0)  # about a third of patients censored
         time = max(0.1, round(min(t_event, t_cens), 1))
         surv[p] = (time, int(t_event <= t_cens))
 
