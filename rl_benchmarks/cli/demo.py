@@ -31,7 +31,7 @@ def _step(name: str, code: int) -> None:
 def extractor_overrides(weights_path: str | None, quick: bool) -> tuple[list[str], str, str]:
     """Hydra overrides that choose the tile encoder, a description, and a short name."""
     if not weights_path:
-        depth = 4 if quick else 12
+        depth = 4 if quick else 6
         return (["feature_extractor=timm", "feature_extractor.name=timm:vit_tiny_patch16_224",
                  "feature_extractor.pretrained=false", f"+feature_extractor.depth={depth}"],
                 f"ViT-Tiny/16 (timm, {depth} blocks), random weights", "ViT-Tiny-random")
@@ -48,7 +48,8 @@ def cv_overrides(cfg: DictConfig, quick: bool, features: str) -> list[str]:
                             (cfg.n_splits_outer, cfg.n_splits_inner, cfg.num_epochs))
     vs = "task.validation_scheme"
     return [f"{vs}.n_splits_outer={outer}", f"{vs}.n_splits_inner={inner}",
-            f"{vs}.trainer_cfg.num_epochs={epochs}", "device=cpu", f"seed={cfg.seed}",
+            f"{vs}.trainer_cfg.num_epochs={epochs}", f"{vs}.trainer_cfg.batch_size={cfg.batch_size}",
+            "device=cpu", f"seed={cfg.seed}",
             f"task.data.feature_extractor={features}"]
 
 

@@ -1,0 +1,131 @@
+"""``rlbench results``: one CSV row per completed cross-validation experiment (reference §8),
+plus the hyper-parameters selected in each outer fold. Honours ``logs_root_dir``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from rl_benchmarks.paths import logs_dir
+from rl_benchmarks.utils.io import load_pickle, write_csv
+
+logger = logging.getLogger("rl_benchmarks.results")
+
+COLUMNS = [
+    "model", "features", "n_tiles", "cohort", "label", "gs_params", "n_repeats", "n_splits",
+    "stratified", "split_mode", "batch_size", "num_epochs", "learning_rate", "weight_decay",
+    "mean_auc", "mean_accuracy", "mean_cindex", "std_auc", "std_accuracy", "std_cindex",
+    "log_path",
+]
+EXTRA_COLUMNS = [
+    "selected_learning_rate", "selected_weight_decay", "selected_num_epochs", "selected_params",
+    "experiment",
+]
+
+
+def _get(d: dict, *keys: str, default: Any = None) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def _joined(values: list[Any]) -> str:
+    return ";".join("" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+                    for v in values)
+
+
+def experiment_row(folder: Path) -> dict[str, Any] | None:
+    """The results row of one experiment folder (None when it is not completed)."""
+    status = folder / "status.pkl"
+    if not status.is_file() or not load_pickle(status).get("completed"):
+        return None
+    params = load_pickle(folder / "params.pkl")
+    if isinstance(params, DictConfig):
+        params = OmegaConf.to_container(params, resolve=True)
+    test_metrics = load_pickle(folder / "test_metrics.pkl")
+    task = params.get("task", {})
+    vs = task.get("validation_scheme", {})
+    trainer = vs.get("trainer_cfg", {})
+    row: dict[str, Any] = {
+        "model": str(_get(trainer, "model", "_target_", default="")).split(".")[-1],
+        "features": _get(task, "data", "feature_extractor"),
+        "n_tiles": _get(task, "data", "n_tiles"),
+        "cohort": _get(task, "data", "train", "cohort"),
+        "label": _get(task, "data", "train", "label"),
+        "gs_params": str(vs.get("grid_search_params")),
+        "n_repeats": f"{vs.get('n_repeats_inner')}x{vs.get('n_repeats_outer')}",
+        "n_splits": f"{vs.get('n_splits_inner')}x{vs.get('n_splits_outer')}",
+        "stratified": vs.get("stratified"),
+        "split_mode": vs.get("split_mode"),
+        "batch_size": trainer.get("batch_size"),
+        "num_epochs": trainer.get("num_epochs"),
+        "learning_rate": trainer.get("learning_rate"),
+        "weight_decay": trainer.get("weight_decay"),
+    }
+    for metric in ("auc", "accuracy", "cindex"):
+        folds = test_metrics.get(metric)
+        if folds:
+            last = np.array([v[-1] if len(v) else np.nan for v in folds.values()], dtype=float)
+            row[f"mean_{metric}"] = np.nanmean(last) if np.isfinite(last).any() else np.nan
+            row[f"std_{metric}"] = np.nanstd(last) if np.isfinite(last).any() else np.nan
+        else:
+            row[f"mean_{metric}"] = row[f"std_{metric}"] = np.nan
+    logs = sorted(folder.glob("*.log"))
+    row["log_path"] = str(logs[0]) if logs else ""
+    selected_file = folder / "selected_params.json"
+    selected = json.loads(selected_file.read_text()) if selected_file.is_file() else {}
+    row["selected_learning_rate"] = _joined([p.get("learning_rate") for p in selected.values()])
+    row["selected_weight_decay"] = _joined([p.get("weight_decay") for p in selected.values()])
+    row["selected_num_epochs"] = _joined([p.get("num_epochs") for p in selected.values()])
+    row["selected_params"] = json.dumps(
+        {k: {n: v for n, v in p.items() if n != "grid_scores"} for k, p in selected.items()},
+        sort_keys=True,
+    )
+    row["experiment"] = folder.name
+    return row
+
+
+def collect(root: Path) -> pd.DataFrame:
+    """Rows of every completed experiment under ``root/cross_validation``."""
+    rows = []
+    for folder in sorted((root / "cross_validation").glob("*/")):
+        try:
+            row = experiment_row(folder)
+        except (OSError, EOFError, KeyError, AttributeError, ValueError) as err:
+            logger.warning("%s: skipped, unreadable (%s)", folder, err)
+            continue
+        if row is not None:
+            rows.append(row)
+    return pd.DataFrame(rows, columns=COLUMNS + EXTRA_COLUMNS)
+
+
+def main(cfg: DictConfig) -> int:
+    """Entry point of ``rlbench results``."""
+    try:
+        root = logs_dir(cfg.get("logs_root_dir"))
+    except ValueError as err:
+        print(f"rlbench results: error: {err}", file=sys.stderr)
+        return 1
+    if not (root / "cross_validation").is_dir():
+        print(f"rlbench results: error: {root / 'cross_validation'} does not exist "
+              "(no cross-validation run there)", file=sys.stderr)
+        return 1
+    frame = collect(root)
+    out = Path(cfg.get("output") or root / "cross_validation" / "nested_cross_validation_results.csv")
+    write_csv(out, frame, index=False)
+    print(f"rlbench results: {len(frame)} completed experiment(s) -> {out}")
+    if len(frame):
+        show = ["model", "features", "n_tiles", "cohort", "label", "mean_auc", "std_auc",
+                "mean_cindex", "std_cindex", "selected_learning_rate", "selected_num_epochs"]
+        with pd.option_context("display.width", 160, "display.max_columns", 20):
+            print(frame[show].to_string(index=False))
+    return 0
