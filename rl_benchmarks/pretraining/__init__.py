@@ -1,0 +1,31 @@
+"""iBOT pre-training ("train your own Phikon"): ``rlbench pretrain``.
+
+Modules: ``ibot`` (backbones, heads, loss, EMA, schedules), ``masking`` (blockwise masks),
+``augment`` (H&E multi-crop), ``data`` (image folders and slides through coords),
+``train`` (loop, DDP, checkpoints, resume, export).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "make_config": "rl_benchmarks.pretraining.train",
+    "Trainer": "rl_benchmarks.pretraining.train",
+    "export_teacher": "rl_benchmarks.pretraining.train",
+    "PretrainError": "rl_benchmarks.pretraining.train",
+    "build_vit": "rl_benchmarks.pretraining.ibot",
+    "iBOTHead": "rl_benchmarks.pretraining.ibot",
+    "iBOTLoss": "rl_benchmarks.pretraining.ibot",
+    "MaskGenerator": "rl_benchmarks.pretraining.masking",
+    "MultiCropAugmentation": "rl_benchmarks.pretraining.augment",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'rl_benchmarks.pretraining' has no attribute {name!r}")
