@@ -55,7 +55,6 @@ def compute_scores(cfg: DictConfig) -> tuple[np.ndarray, np.ndarray, str]:
         first = str(exc).splitlines()[0]
         raise ValueError(f"{cfg.state_dict_path}: does not fit model {cfg.model} with {kwargs} "
                          f"and in_features={features.shape[1] - 3}: {first}") from None
-    torch.set_grad_enabled(False)
     scores = model_tile_scores(model, features, class_index=int(cfg.class_index))
     return features[:, :3], scores, f"{cfg.model} tile score"
 
