@@ -40,7 +40,6 @@ def compute_scores(cfg: DictConfig) -> tuple[np.ndarray, np.ndarray, str]:
     if not cfg.state_dict_path:
         raise ValueError("state_dict_path is required to score tiles with a model "
                          "(a heatmap of an untrained model means nothing)")
-    import torch
 
     from rl_benchmarks.models.slide_models import REFERENCE_MODEL_KWARGS, create_slide_model
 
