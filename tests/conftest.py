@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -21,3 +22,13 @@ def real_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"RLB_REAL_DATA={root} is not a folder: real-data (tier 2) test skipped")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests use tiny models: one intra-op thread is faster on a shared 2-core CPU (no
+    OpenMP spinning) and keeps results reproducible. Benchmarks are not tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -140,5 +140,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def run_reference_script(command: str, argv: list[str] | None = None) -> int:
+    """Entry point of the reference's script paths under ``tools/``.
+
+    They take the same ``key=value`` overrides as ``rlbench <command>``; Hydra's
+    ``--config-name config`` (the reference's only config) is accepted and dropped.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, i = [], 0
+    while i < len(argv):
+        arg, name = argv[i], None
+        if arg in ("--config-name", "-cn"):
+            name = argv[i + 1] if i + 1 < len(argv) else ""
+            i += 1
+        elif arg.startswith("--config-name="):
+            name = arg.split("=", 1)[1]
+        else:
+            args.append(arg)
+        if name is not None and name != "config":
+            print(f"{command}: unknown config {name!r} (this script has one: 'config')",
+                  file=sys.stderr)
+            return 2
+        i += 1
+    return main([command, *args])
+
+
 if __name__ == "__main__":
     sys.exit(main())

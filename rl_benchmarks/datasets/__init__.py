@@ -6,8 +6,7 @@ Names are resolved lazily, so ``import rl_benchmarks.datasets`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from rl_benchmarks.utils.lazy import lazy_exports
 
 _SLIDES = "rl_benchmarks.datasets.slides_classification"
 _TILES = "rl_benchmarks.datasets.tiles_classification"
@@ -34,8 +33,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'rl_benchmarks.datasets' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -6,8 +6,7 @@ Chowder``). They are resolved lazily, so importing one family does not import th
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from rl_benchmarks.utils.lazy import lazy_exports
 
 _LAZY = {
     "Extractor": "rl_benchmarks.models.feature_extractors",
@@ -24,8 +23,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'rl_benchmarks.models' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -7,8 +7,7 @@ Modules: ``ibot`` (backbones, heads, loss, EMA, schedules), ``masking`` (blockwi
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from rl_benchmarks.utils.lazy import lazy_exports
 
 _LAZY = {
     "make_config": "rl_benchmarks.pretraining.train",
@@ -24,8 +23,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'rl_benchmarks.pretraining' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -13,7 +13,7 @@ Public API (imports are lazy so that ``import rl_benchmarks.slides`` stays cheap
 
 from __future__ import annotations
 
-import importlib
+from rl_benchmarks.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "open_slide": "openslide_io", "SlideInfo": "openslide_io", "SlideError": "openslide_io",
@@ -30,8 +30,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, {k: f".{v}" for k, v in _EXPORTS.items()})

@@ -3,8 +3,7 @@ here; they are resolved lazily so that importing this package stays cheap."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from rl_benchmarks.utils.lazy import lazy_exports
 
 _LAZY = {
     # reference name -> module that defines it
@@ -23,8 +22,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'rl_benchmarks.utils' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -21,15 +21,6 @@ ROOT = Path(__file__).resolve().parents[2]
 D = 8
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny matmuls: one thread avoids OpenMP spinning on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _tool(name: str):
     path = ROOT / "tools" / "slide_level_tasks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"tool_{name}", path)

@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the tiny models are faster so, and results are reproducible."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

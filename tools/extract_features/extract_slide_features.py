@@ -1,17 +1,20 @@
-"""Reference-compatible entry point: `python tools/extract_features/extract_slide_features.py key=value ...`.
+"""The reference's script path, a thin call into ``rlbench extract-slides`` with the same keys::
 
-A thin call into `rlbench extract-slides` with the same Hydra keys.
+    python tools/extract_features/extract_slide_features.py feature_extractor=iBOTViTBasePANCAN \\
+        slide_dataset=tcga_coad n_tiles=1000 random_sampling=True seed=0 batch_size=64 num_workers=8 device=-1
 """
 
 import sys
+from pathlib import Path
 
-from rl_benchmarks.cli.main import run
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from rl_benchmarks.cli.main import run_reference_script  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_reference_script("extract-slides", argv)
+
 
 if __name__ == "__main__":
-    args, skip = [], False
-    for a in sys.argv[1:]:  # the reference passed --config-name <name>; one config here
-        if skip or a.startswith("--config-name"):
-            skip = a == "--config-name"
-            continue
-        args.append(a)
-    sys.exit(run("extract-slides", args))
+    sys.exit(main())
