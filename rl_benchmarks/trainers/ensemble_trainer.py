@@ -18,11 +18,18 @@ What is exact and what is not:
   with autograd on the selected tiles only (the same logits and the same gradients; the
   backward pass over the 1000 tiles disappears);
 * features are preloaded once as one tensor instead of being re-read and re-permuted at
-  every epoch; the models are permutation invariant, so only float rounding differs.
+  every epoch; the models are permutation invariant, so only float rounding differs;
+* ``ABMIL`` and one-output ``Chowder``: the members' first tile layer (768 -> 128 on every
+  tile of the shared batch) is one matmul for all members, forward and weight gradient
+  (:class:`_SharedLinear`; the features are frozen, so no input gradient), and ABMIL's
+  gated attention runs as stacked ``bmm`` (see :func:`_fused_forward`).
 
-``precision="bf16"`` (opt-in) runs the forward passes under CPU/CUDA bfloat16 autocast:
-about twice the matmul rate on CPUs with bf16 units, at the cost of bf16 rounding (the
-metrics agree within fold noise, not to the last digit); the default is float32.
+``precision="bf16"`` (opt-in) runs the tile-level matmuls in bfloat16 (ABMIL: the tile
+layer forward and weight gradient and the attention/gate layers; Chowder: the no-autograd
+scoring that chooses the selected tiles; other models: their forward under autocast),
+with float32 master weights, Adam state, losses and metrics. About twice the matmul rate
+on CPUs with bf16 units, at the cost of bf16 rounding: the metrics agree with fp32 within
+fold noise, not to the last digit; the default is float32.
 """
 
 from __future__ import annotations
@@ -55,6 +62,18 @@ class Preloaded:
     features: torch.Tensor  # (n, N, 3 + D)
     mask: torch.Tensor  # (n, N, 1) bool, True = padding
     labels: torch.Tensor  # (n, L)
+    _tiles: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def tiles(self, metadata_cols: int, dtype: torch.dtype | None) -> torch.Tensor:
+        """The feature columns (n, N, D): a view in float32; a copy made once (and kept)
+        in a lower precision such as bfloat16 (the fused tile layer reads it directly)."""
+        view = self.features[..., metadata_cols:]
+        if dtype is None or dtype == view.dtype:
+            return view
+        key = (metadata_cols, dtype)
+        if key not in self._tiles:
+            self._tiles[key] = view.to(dtype)
+        return self._tiles[key]
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -221,7 +240,10 @@ class EnsembleTrainer:
             return functional_call(base, (p, b), (x, m))
 
         forward = vmap(one, in_dims=(0, 0, None, None))
-        train_forward = self._train_forward(base, forward, params, buffers, one)
+        low = torch.bfloat16 if self.precision == "bf16" else None
+        fused = _fused_forward(base, params, buffers, one, low, data, feats)
+        train_forward = fused or self._train_forward(base, forward, params, buffers, one)
+        autocast = contextlib.nullcontext if fused else functools.partial(self._autocast, device)
         lrs = torch.tensor([float(lr) for lr, _ in members], dtype=torch.float32, device=device)
         wds = torch.tensor([float(wd) for _, wd in members], dtype=torch.float32, device=device)
         opt = _StackedAdam(params, lrs, wds, **adam)
@@ -240,8 +262,9 @@ class EnsembleTrainer:
             epoch_logits, epoch_labels = [], []
             for b in range(n_batches):
                 idx = perm[b * batch_size : (b + 1) * batch_size].to(device)
-                x, m, y = feats[idx], mask[idx], labels[idx]
-                with self._autocast(device):
+                # the fused forward gathers its own rows (one pass, maybe bf16)
+                x, m, y = (idx if fused else feats[idx]), mask[idx], labels[idx]
+                with autocast():
                     logits = train_forward(x, m)  # (G, B, C)
                 member_losses = torch.stack(
                     [criterion(logits[i].float(), y) for i in range(g)]
@@ -266,7 +289,8 @@ class EnsembleTrainer:
                         r.train_metrics[k].append(float("nan"))
             if val_idx is not None and len(val_idx):
                 v_labels, v_logits, v_loss = self._evaluate(
-                    forward, params, buffers, feats, mask, labels, val_idx, criterion, batch_size
+                    fused or forward, params, buffers, feats, mask, labels, val_idx, criterion,
+                    batch_size, fused is not None,
                 )
                 for i, r in enumerate(results):
                     for k, fn in metrics.items():
@@ -337,20 +361,181 @@ class EnsembleTrainer:
         val_idx: torch.Tensor,
         criterion: nn.Module,
         batch_size: int,
+        is_fused: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Eval-mode pass in batches of ``batch_size`` (the val loss is a mean of batch
         means, as in the plain path)."""
         outs, losses = [], []
         for start in range(0, len(val_idx), batch_size):
             idx = val_idx[start : start + batch_size].to(feats.device)
-            with self._autocast(feats.device):
-                logits = forward(params, buffers, feats[idx], _no_padding(mask[idx])).float()
+            if is_fused:  # (slide indices, mask) -> logits; its precision is built in
+                logits = forward(idx, mask[idx]).float()
+            else:
+                with self._autocast(feats.device):
+                    logits = forward(params, buffers, feats[idx], _no_padding(mask[idx])).float()
             y = labels[idx]
             losses.append(torch.stack([criterion(logits[i], y) for i in range(len(logits))]))
             outs.append(logits.float().cpu())
         v_logits = torch.cat(outs, dim=1).numpy()
         v_loss = torch.stack(losses, dim=1).mean(dim=1).cpu().numpy()
         return labels[val_idx.to(labels.device)].cpu().numpy(), v_logits, v_loss
+
+
+class _SharedLinear(torch.autograd.Function):
+    """``y[g] = x @ W[g].T + b[g]`` for G members sharing the input ``x`` (M, D).
+
+    One (M, D) x (D, G*H) matmul forward and one (G*H, M) x (M, D) matmul for the weight
+    gradient, instead of G narrow ones (vmap); ``x`` is a frozen input and gets no
+    gradient. ``low`` (e.g. bfloat16) runs both matmuls in that dtype (weights, Adam state
+    and everything after the layer stay float32). Returns (G, M, H).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                low: torch.dtype | None) -> torch.Tensor:
+        g, h, d = weight.shape
+        w = weight.reshape(g * h, d)
+        if low is not None:
+            x, w = x.to(low), w.to(low)
+        y = (x @ w.t()).view(-1, g, h)
+        # (M, G, H) -> contiguous float32 (G, M, H) in one pass (fast bmm next)
+        out = torch.empty(g, y.shape[0], h, dtype=torch.float32, device=y.device)
+        out.copy_(y.transpose(0, 1))
+        if bias is not None:
+            out += bias.unsqueeze(1)
+        ctx.save_for_backward(x)
+        ctx.shape, ctx.has_bias = (g, h, d), bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        (x,) = ctx.saved_tensors
+        g, h, d = ctx.shape
+        # (G, M, H) -> (M, G*H) in the matmul dtype, one pass
+        grad2 = torch.empty(grad.shape[1], g * h, dtype=x.dtype, device=grad.device)
+        grad2.view(-1, g, h).copy_(grad.transpose(0, 1))
+        grad_w = (grad2.t() @ x).float().view(g, h, d)
+        grad_b = grad.sum(1) if ctx.has_bias else None
+        return None, grad_w, grad_b, None
+
+
+def _fused_forward(
+    base: nn.Module, params: dict, buffers: dict, one: Callable, low: torch.dtype | None,
+    data: Preloaded, feats: torch.Tensor,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """``(slide indices, mask) -> (G, B, C)`` logits with the members' 768->H tile layer fused into
+    one matmul (:class:`_SharedLinear`), for ABMIL (plain Linear tile embedding) and
+    one-output Chowder (one hidden tile layer); None for other models or layouts.
+
+    The rest of the model runs as itself (vmap over the members). Used for training and,
+    under ``no_grad``, for evaluation. Chowder scores every tile without autograd, then
+    runs the model with autograd on its ``n_top + n_bottom`` selected tiles (same logits,
+    same gradients).
+    """
+    name = type(base).__name__
+    meta = int(getattr(base, "metadata_cols", 0))
+    if name not in ("ABMIL", "Chowder") or feats.device != data.features.device:
+        return None
+    tiles = data.tiles(meta, low)
+    if name == "ABMIL":
+        layers = base.tiles_emb.hidden_layers
+        if len(layers) != 1 or type(layers[0]) is not nn.Linear:
+            return None
+        lin = "tiles_emb.hidden_layers.0."
+        from rl_benchmarks.models.slide_models.utils.attention import GatedAttention
+
+        if type(base.attention_layer) is not GatedAttention or buffers:
+            return None
+        temperature = float(base.attention_layer.temperature)
+        a = "attention_layer."
+        mlp = {n[len("mlp."):]: n for n in params if n.startswith("mlp.")}
+        head = vmap(lambda p, v: functional_call(base.mlp, p, (v,)), in_dims=(0, 0))
+
+        def abmil(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+            xt = tiles[x]  # (B, N, D): one gather of the feature columns
+            b, n = xt.shape[0], xt.shape[1]
+            v = _SharedLinear.apply(xt.view(b * n, -1), params[lin + "weight"],
+                                    params.get(lin + "bias"), low)
+            g, d = v.shape[0], v.shape[-1]
+            # GatedAttention, stacked over the members (bmm): tanh(att v) * sigmoid(gate v),
+            # then w, softmax over the tiles, attention pooling; with ``low`` the two
+            # tile-level d x d products run under autocast too
+            ctx = (torch.autocast(x.device.type, dtype=low) if low is not None
+                   else contextlib.nullcontext())
+            with ctx:
+                v_in = v if low is None else v.to(low)  # cast once for both products
+                h = torch.tanh(_stacked_linear(params, a + "att.", v_in)) * torch.sigmoid(
+                    _stacked_linear(params, a + "gate.", v_in)
+                )
+            logits = _stacked_linear(params, a + "w.", h.float()).view(g, b, n, 1)
+            m_arg = _no_padding(m)
+            if m_arg is not None:
+                logits = logits.masked_fill(m_arg.unsqueeze(0), float("-inf"))
+            weights = torch.softmax(logits / temperature, dim=2)  # (G, B, N, 1)
+            pooled = torch.matmul(weights.transpose(2, 3), v.view(g, b, n, d)).squeeze(2)
+            return head({k: params[full] for k, full in mlp.items()}, pooled)
+
+        return abmil
+    if name != "Chowder" or int(getattr(base, "out_features", 0)) != 1:
+        return None
+    layers = base.score_model.hidden_layers
+    if (len(layers) != 2 or not isinstance(layers[0], nn.ModuleList) or len(layers[0]) != 2
+            or type(layers[1]) is not nn.Linear or buffers):
+        return None
+    act = layers[0][1]
+    mask_value = float(layers[0][0].mask_value)
+    n_top, n_bottom = int(base.n_top), int(base.n_bottom)
+    k = n_top + n_bottom
+    p1, p2 = "score_model.hidden_layers.0.0.", "score_model.hidden_layers.1."
+    selected = vmap(one, in_dims=(0, 0, 0, None))
+    whole = vmap(one, in_dims=(0, 0, None, None))
+
+    def chowder(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        m_arg = _no_padding(m)
+        if int((~m[..., 0]).sum(dim=1).min()) < k:  # the selection would reach padding
+            return whole(params, buffers, feats[x], m_arg)
+        with torch.no_grad():
+            xt = tiles[x]  # (B, N, D): one gather of the feature columns
+            b, n = xt.shape[0], xt.shape[1]
+            # every member's tile scores from one (M, D) x (D, G*H) product and one
+            # (M, G*H) x (G*H, G) block-diagonal product, in the tiles' dtype (the scores
+            # only choose the tiles; the logits are recomputed on them in float32)
+            w1, b1 = params[p1 + "weight"], params.get(p1 + "bias")  # (G, H, D), (G, H)
+            g, hdim = w1.shape[0], w1.shape[1]
+            w = w1.reshape(g * hdim, -1).to(xt.dtype).t()
+            x2 = xt.view(b * n, -1)
+            h = x2 @ w if b1 is None else torch.addmm(b1.reshape(-1).to(xt.dtype), x2, w)
+            if m_arg is not None:
+                h = h.masked_fill(m_arg.reshape(b * n, 1), mask_value)
+            h = act(h)
+            w2, b2 = params[p2 + "weight"], params.get(p2 + "bias")  # (G, 1, H), (G, 1)
+            s = (h @ torch.block_diag(*w2.transpose(1, 2)).to(h.dtype)).float()  # (M, G)
+            if b2 is not None:
+                s = s + b2.reshape(1, g)
+            s = s.t().reshape(g, b, n)
+            s_top = s_bottom = s
+            if m_arg is not None:
+                pad = m[..., 0].unsqueeze(0)
+                s_top = s.masked_fill(pad, float("-inf"))
+                s_bottom = s.masked_fill(pad, float("inf"))
+            parts = []
+            if n_top:
+                parts.append(s_top.topk(n_top, dim=-1).indices)
+            if n_bottom:
+                parts.append(s_bottom.topk(n_bottom, dim=-1, largest=False).indices)
+            idx = torch.cat(parts, dim=-1)  # (G, B, k)
+        x_sel = feats[x.view(1, -1, 1), idx]  # (G, B, k, F)
+        return selected(params, buffers, x_sel, None)  # the selection has no padding
+
+    return chowder
+
+
+def _stacked_linear(params: dict, prefix: str, x: torch.Tensor) -> torch.Tensor:
+    """The members' ``Linear`` ``prefix`` on their own inputs: (G, M, i) -> (G, M, o)."""
+    w, b = params[prefix + "weight"], params.get(prefix + "bias")
+    if b is None:
+        return torch.bmm(x, w.transpose(1, 2))
+    return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
 
 
 def _no_padding(mask: torch.Tensor) -> torch.Tensor | None:

@@ -50,7 +50,8 @@ class NestedCrossValidation:
     ``rl_benchmarks.trainers.ensemble_trainer``); it falls back to the plain path, with a
     log line, for models or optimizers it cannot reproduce. Other additions: ``seed``;
     ``selection_metric`` (default ``cindex`` if present, else ``auc``); ``precision``
-    ("fp32", or "bf16" autocast on the fast path); ``outer_folds`` (run only these outer
+    ("fp32", or "bf16": the fast path's tile-level matmuls in bfloat16, float32 weights
+    and optimizer state; not bit-identical to fp32); ``outer_folds`` (run only these outer
     folds, 0-based: benchmarks, debugging); ``n_splits_inner=0`` = plain k-fold CV with one
     hyper-parameter point trained for ``num_epochs`` (no inner selection).
 

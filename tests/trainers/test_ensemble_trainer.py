@@ -11,6 +11,8 @@ from torch.utils.data import Subset
 
 from rl_benchmarks.trainers.ensemble_trainer import (
     EnsembleTrainer,
+    _fused_forward,
+    _SharedLinear,
     _StackedAdam,
     preload,
     unsupported_reason,
@@ -100,3 +102,58 @@ def test_chowder_uses_the_selected_tiles_shortcut(model, expected):
     base = instantiate(trainer_cfg(model)).model
     fn = EnsembleTrainer._train_forward(base, None, {}, {}, None)
     assert fn.__name__ == expected
+
+
+@pytest.mark.parametrize("low", [None, torch.bfloat16])
+def test_shared_linear_equals_per_member_linear(low):
+    """The fused G-member layer: same outputs and weight/bias gradients as G float64 Linears."""
+    g, m, d, h = 3, 50, 24, 8
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(m, d, generator=gen)
+    w = torch.randn(g, h, d, generator=gen, requires_grad=True)
+    b = torch.randn(g, h, generator=gen, requires_grad=True)
+    up = torch.randn(g, m, h, generator=gen)
+    out = _SharedLinear.apply(x, w, b, low)
+    assert out.shape == (g, m, h) and out.dtype == torch.float32
+    (out * up).sum().backward()
+    w64, b64 = w.detach().double().requires_grad_(), b.detach().double().requires_grad_()
+    ref = torch.stack([torch.nn.functional.linear(x.double(), w64[i], b64[i]) for i in range(g)])
+    (ref * up.double()).sum().backward()
+    tol = {"atol": 1e-4, "rtol": 1e-5} if low is None else {"atol": 0.1, "rtol": 0.02}
+    torch.testing.assert_close(out.double(), ref.detach(), **tol)
+    torch.testing.assert_close(b.grad.double(), b64.grad, **tol)
+    scale = float(w64.grad.abs().max())
+    err = float((w.grad.double() - w64.grad).abs().max()) / scale
+    assert err < (1e-5 if low is None else 2e-2)
+
+
+@pytest.mark.parametrize("model,fused", [("ABMIL", True), ("Chowder", True),
+                                         ("MeanPool", False), ("DSMIL", False)])
+def test_fused_tile_layer_is_used_for_abmil_and_chowder(model, fused):
+    set_seed(0)
+    base = instantiate(trainer_cfg(model)).model
+    params = {k: v.detach().unsqueeze(0) for k, v in base.named_parameters()}
+    data = preload(ToyCohort(n_patients=4, n_tiles=6))
+    fn = _fused_forward(base, params, {}, None, None, data, data.features)
+    assert (fn is not None) is fused
+
+
+@pytest.mark.parametrize("model", ["Chowder", "ABMIL"])
+def test_bf16_members_close_to_fp32(model):
+    """precision=bf16: same protocol, float32 weights and Adam; metrics within rounding noise."""
+    cohort = ToyCohort(n_patients=24, n_tiles=10, ragged=True)
+    n = len(cohort)
+    tr_idx, va_idx = list(range(0, n - 10)), list(range(n - 10, n))
+    cfg = trainer_cfg(model, "binary", num_epochs=3, batch_size=4)
+    members = [(1e-3, 0.0), (1e-2, 1e-2)]
+    data = preload(cohort)
+    fp32 = EnsembleTrainer(cfg).train(data, tr_idx, va_idx, members, 3, seed=5, keep_state=True)
+    bf16 = EnsembleTrainer(cfg, "bf16").train(data, tr_idx, va_idx, members, 3, seed=5,
+                                              keep_state=True)
+    for a, b in zip(fp32, bf16):
+        assert all(v.dtype == torch.float32 for v in b.state_dict.values())
+        np.testing.assert_allclose(b.val_metrics["loss"], a.val_metrics["loss"], atol=0.02)
+        np.testing.assert_allclose(b.val_metrics["auc"], a.val_metrics["auc"], atol=0.1)
+        np.testing.assert_allclose(b.val_logits, a.val_logits, atol=0.05)
+    with pytest.raises(ValueError, match="precision"):
+        EnsembleTrainer(cfg, "fp16")

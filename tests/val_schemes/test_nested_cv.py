@@ -124,3 +124,23 @@ def test_planted_signal_survival(model):
     cv = ncv(model, task="survival", epochs=8, grid_search_params={"learning_rate": [1e-2]})
     _, test = cv.run(cohort)
     assert np.mean(list(_last(test, "cindex").values())) > 0.7
+
+
+@pytest.mark.parametrize("model", ["Chowder", "ABMIL"])
+def test_bf16_fast_path_selects_like_fp32(model):
+    """precision=bf16 (fast path): on a planted cohort it selects the fp32 hyper-parameters
+    and epochs, and its test metrics agree with fp32 within a small tolerance."""
+    data = ToyCohort(n_patients=30, n_tiles=12, strength=2.0)
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        cv = ncv(model, epochs=3, precision=precision)
+        runs[precision] = (cv, cv.run(data)[1])
+    (f, f_test), (b, b_test) = runs["fp32"], runs["bf16"]
+    assert f.used_fast_path and b.used_fast_path
+    for key in f.selected_params:
+        fs, bs = f.selected_params[key], b.selected_params[key]
+        assert (fs["learning_rate"], fs["weight_decay"], fs["num_epochs"]) == (
+            bs["learning_rate"], bs["weight_decay"], bs["num_epochs"])
+        assert abs(fs["inner_score"] - bs["inner_score"]) < 0.05
+        np.testing.assert_allclose(b_test["auc"][key], f_test["auc"][key], atol=0.05)
+        np.testing.assert_allclose(b_test["loss"][key], f_test["loss"][key], atol=0.02)
