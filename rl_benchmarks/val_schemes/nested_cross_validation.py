@@ -137,6 +137,22 @@ class NestedCrossValidation:
                              "inner": inner})
         return plan
 
+    def _check_batch_size(self, plan: list[dict[str, Any]]) -> None:
+        """Training drops the last incomplete batch (reference protocol): a training set
+        smaller than the batch size would never take a step. Say so before any training."""
+        batch_size = int(self.trainer_cfg.get("batch_size", 16))
+        sizes = [(len(f["train_val"]), f"outer fold {f['s'] + 1}") for f in plan]
+        sizes += [(len(tr), f"an inner fold of outer fold {f['s'] + 1}")
+                  for f in plan for (_, _, tr, _) in f["inner"]]
+        if sizes:
+            n, where = min(sizes, key=lambda t: t[0])
+            if n < batch_size:
+                raise ValueError(
+                    f"the training set of {where} has {n} slides, fewer than batch_size="
+                    f"{batch_size}: with drop_last (the reference protocol) no training step "
+                    f"would run; lower task.validation_scheme.trainer_cfg.batch_size"
+                )
+
     def _fast_reason(self) -> str | None:
         set_seed(self.seed)
         try:
@@ -157,6 +173,7 @@ class NestedCrossValidation:
         plan = self._plan(dataset)
         if self.outer_folds is not None:
             plan = [fold for i, fold in enumerate(plan) if i in set(self.outer_folds)]
+        self._check_batch_size(plan)
         grid = generate_permutations(self.grid_search_params)
         if self.n_splits_inner == 0 and len(grid) > 1:
             raise ValueError(

@@ -106,6 +106,9 @@ def test_errors_before_training():
         cfg = trainer_cfg()
         cfg.metrics = {"acc": cfg.metrics.auc}
         NestedCrossValidation(cfg, n_splits_outer=2, n_splits_inner=2).run(cohort)
+    # 8 patients -> inner training folds of 2 slides < batch_size 8: no step would run
+    with pytest.raises(ValueError, match="fewer than batch_size=8"):
+        ncv(n_splits_outer=2, n_splits_inner=2).run(cohort)
 
 
 @pytest.mark.parametrize("model", ["MeanPool", "Chowder", "ABMIL"])
