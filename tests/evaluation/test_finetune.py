@@ -118,6 +118,15 @@ def test_cli_end_to_end_on_image_folder(tmp_path):
     assert (out / "adapter" / "adapter_config.json").is_file()
     merged = ViTModel.from_pretrained(str(out / "merged_hf"), add_pooling_layer=False)
     assert merged.config.layer_norm_eps == 1e-6
+    # The merged backbone is a feature extractor: same CLS features as the HF model.
+    from rl_benchmarks.models.feature_extractors import create_extractor
+
+    extractor = create_extractor("phikon_hf", weights_path=out / "merged_hf")
+    assert extractor.feature_dim == 32
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = merged(pixel_values=x).last_hidden_state[:, 0]
+    torch.testing.assert_close(extractor(x), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_pretrained_without_weights_is_an_error():
