@@ -14,7 +14,7 @@ from .utils import (
     ExtremeLayer,
     TilesMLP,
     prepare_mask,
-    scores_with_nan_padding,
+    score_model_tile_scores,
     split_features,
 )
 
@@ -87,9 +87,7 @@ class Chowder(nn.Module):
         self, features: torch.Tensor, mask: torch.Tensor | None = None, class_index: int = 0
     ) -> torch.Tensor:
         """Tile logits of output ``class_index``, (B, N), NaN at padded tiles."""
-        x = split_features(features, self.metadata_cols)
-        mask = prepare_mask(mask, features)
-        return scores_with_nan_padding(self.score_model(x, mask)[..., class_index], mask)
+        return score_model_tile_scores(self, features, mask, class_index)
 
 
 def _xavier_init(module: nn.Module) -> None:

@@ -13,6 +13,7 @@ from .utils import (
     ExtremeLayer,
     TilesMLP,
     prepare_mask,
+    score_model_tile_scores,
     scores_with_nan_padding,
     split_features,
 )
@@ -116,9 +117,7 @@ class DSMIL(nn.Module):
         self, features: torch.Tensor, mask: torch.Tensor | None = None, class_index: int = 0
     ) -> torch.Tensor:
         """Instance-classifier logits of class ``class_index`` (B, N), NaN at padded tiles."""
-        x = split_features(features, self.metadata_cols)
-        mask = prepare_mask(mask, features)
-        return scores_with_nan_padding(self.score_model(x, mask)[..., class_index], mask)
+        return score_model_tile_scores(self, features, mask, class_index)
 
     def tile_attention(
         self, features: torch.Tensor, mask: torch.Tensor | None = None, class_index: int = 0

@@ -61,3 +61,13 @@ def scores_with_nan_padding(scores: torch.Tensor, mask: torch.Tensor | None) -> 
     if mask is None:
         return scores
     return scores.masked_fill(mask.reshape(scores.shape), float("nan"))
+
+
+def score_model_tile_scores(
+    model: torch.nn.Module, features: torch.Tensor, mask: torch.Tensor | None, class_index: int
+) -> torch.Tensor:
+    """Logits of ``model.score_model`` for output ``class_index``, (B, N), NaN at padded
+    tiles: the tile scores of models with a per-tile scoring MLP (Chowder, DSMIL)."""
+    x = split_features(features, model.metadata_cols)
+    mask = prepare_mask(mask, features)
+    return scores_with_nan_padding(model.score_model(x, mask)[..., class_index], mask)
