@@ -14,7 +14,6 @@ explicitly (``pretrained=False``, tests and smoke runs).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -29,13 +28,14 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from rl_benchmarks.models.feature_extractors.core import IMAGENET_MEAN, IMAGENET_STD
+from rl_benchmarks.models.feature_extractors.hf import hf_preprocessor_config, hf_vit_config
 from rl_benchmarks.utils import io
+from rl_benchmarks.utils.device import autocast, parse_device
 from rl_benchmarks.utils.seed import set_seed
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # transformers 4 names the attention projections query/key/value; transformers 5 q_proj/k_proj/v_proj.
 _QV_NAMES = (("q_proj", "v_proj"), ("query", "value"))
@@ -88,20 +88,11 @@ def random_vit_config(
     image_size: int = 224,
     patch_size: int = 16,
 ):
-    """A ViTConfig with Phikon's structure (LayerNorm eps 1e-6, qkv bias) and the given dims."""
+    """A ViTConfig with Phikon's structure (the exporter's config.json: eps 1e-6, qkv bias)."""
     from transformers import ViTConfig
 
-    return ViTConfig(
-        hidden_size=hidden_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        intermediate_size=4 * hidden_size,
-        image_size=image_size,
-        patch_size=patch_size,
-        layer_norm_eps=1e-6,
-        qkv_bias=True,
-        hidden_act="gelu",
-    )
+    return ViTConfig(**hf_vit_config(hidden_size, num_hidden_layers, num_attention_heads,
+                                     patch_size=patch_size, img_size=image_size))
 
 
 def load_vit_backbone(
@@ -125,21 +116,19 @@ def load_vit_backbone(
                 "random weights"
             )
         return ViTModel(random_vit_config(**(vit_kwargs or {})), add_pooling_layer=False)
+    from rl_benchmarks.models.feature_extractors.hf import export_hf, load_hf_vit
+
     path = Path(weights_path)
     if not path.exists():
         raise FileNotFoundError(f"finetune: weights_path {path} does not exist")
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(f"finetune: {path} is not a Hugging Face folder (no config.json)")
-        return ViTModel.from_pretrained(str(path), add_pooling_layer=False)
+    if path.is_dir():  # strict, local-only loading, as for the phikon_hf extractor
+        return load_hf_vit(path)
     # An iBOT checkpoint: convert it through the HF exporter, in a temporary folder.
     import tempfile
 
-    from rl_benchmarks.models.feature_extractors import hf as hf_interop
-
     with tempfile.TemporaryDirectory() as tmp:
-        hf_interop.export_ibot_to_hf(path, tmp, encoder=encoder)
-        return ViTModel.from_pretrained(tmp, add_pooling_layer=False)
+        export_hf(path, tmp, encoder=encoder)
+        return load_hf_vit(tmp)
 
 
 class ViTClassifier(nn.Module):
@@ -263,26 +252,13 @@ def split_frame(
 # --------------------------------------------------------------------------- training
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device in ("auto", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(device, int):
-        return torch.device("cpu" if device < 0 else f"cuda:{device}")
-    return torch.device(device)
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "auto":
-        if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "fp32"
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False), precision
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if dtype is None:
-        raise ValueError(f"finetune: precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-    return torch.autocast(device.type, dtype=dtype), precision
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """``auto``: bf16 (or fp16 where bf16 is unsupported) autocast on CUDA, fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
 
 
 @torch.no_grad()
@@ -291,8 +267,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, precisio
     model.eval()
     logits, labels = [], []
     for images, y in loader:
-        ctx, _ = _autocast(device, precision)
-        with ctx:
+        with autocast(device, precision):
             out = model(images.to(device, non_blocking=True))
         logits.append(out.float().cpu())
         labels.append(y)
@@ -326,7 +301,7 @@ def train(
     from tqdm.auto import tqdm
 
     set_seed(cfg.seed)
-    device = _resolve_device(cfg.device)
+    device = parse_device(cfg.device).primary
     model.to(device)
     pin = device.type == "cuda"
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -343,7 +318,7 @@ def train(
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    _, precision = _autocast(device, cfg.precision)
+    precision = resolve_precision(device, cfg.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     criterion = nn.CrossEntropyLoss()
     n_trainable, n_total = count_parameters(model)
@@ -358,8 +333,7 @@ def train(
         for step, (images, labels) in enumerate(bar):
             if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
                 break
-            ctx, _ = _autocast(device, precision)
-            with ctx:
+            with autocast(device, precision):
                 logits = model(images.to(device, non_blocking=True))
                 loss = criterion(logits.float(), labels.to(device))
             optimizer.zero_grad(set_to_none=True)
@@ -418,30 +392,12 @@ def save_outputs(
     with io.atomic_open(out / "classifier_head.pt", "wb") as f:
         torch.save(head, f)
     merged.backbone.save_pretrained(str(out / "merged_hf"))
-    _write_preprocessor(out / "merged_hf", cfg.image_size)
+    io.write_json(out / "merged_hf" / "preprocessor_config.json",
+                  hf_preprocessor_config(cfg.image_size))
     result.output_dir = str(out)
     record = {"result": asdict(result), "config": asdict(cfg), **(extra_record or {})}
     io.write_json(out / "results.json", record)
     return out
-
-
-def _write_preprocessor(folder: Path, image_size: int) -> None:
-    io.write_text(
-        folder / "preprocessor_config.json",
-        json.dumps(
-            {
-                "image_processor_type": "ViTImageProcessor",
-                "do_resize": True,
-                "size": {"height": image_size, "width": image_size},
-                "do_rescale": True,
-                "rescale_factor": 1 / 255,
-                "do_normalize": True,
-                "image_mean": list(IMAGENET_MEAN),
-                "image_std": list(IMAGENET_STD),
-            },
-            indent=2,
-        ),
-    )
 
 
 def load_adapter(backbone: nn.Module, n_classes: int, adapter_dir: str | Path) -> nn.Module:

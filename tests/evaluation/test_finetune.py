@@ -150,3 +150,20 @@ def test_crc_tiles_finetune_one_epoch(real_data, tmp_path):
     assert len(result.val_accuracy) == 1
     assert 0.0 <= result.test_metrics["accuracy"] <= 1.0
     assert np.isfinite(result.train_loss[0])
+
+
+def test_backbone_from_an_ibot_checkpoint(tmp_path):
+    """An iBOT .pth goes through the HF exporter (which checks features to 1e-4)."""
+    from rl_benchmarks.models.feature_extractors.ibot_vit import build_vit
+
+    torch.manual_seed(0)
+    vit = build_vit(embed_dim=64, depth=2, num_heads=1)  # heads are read as embed_dim // 64
+    ckpt = tmp_path / "ibot.pth"
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in vit.state_dict().items()}}, ckpt)
+    backbone = ft.load_vit_backbone(ckpt)
+    assert backbone.config.hidden_size == 64 and backbone.config.num_hidden_layers == 2
+    x = torch.randn(1, 3, 224, 224)
+    vit.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(pixel_values=x).last_hidden_state[:, 0],
+                                   vit(x), atol=1e-4, rtol=1e-4)
