@@ -121,7 +121,8 @@ def list_slides(slides: str | Path | Sequence[str | Path]) -> list[SlideInput]:
 
 
 class _TileBatches(Dataset):
-    """Item k = batch k: (uint8 tiles (b,3,T,T), slide index, ok flag, error message)."""
+    """Item k = batch k: (uint8 tiles (b,T,T,3), slide index, first tile index, error
+    message or "")."""
 
     def __init__(self, slides: list[tuple[Path, np.ndarray]], batches: list[tuple[int, int, int]],
                  tile_size: int):
@@ -151,10 +152,10 @@ class _TileBatches(Dataset):
             tiles = np.empty((stop - start, self.tile_size, self.tile_size, 3), np.uint8)
             for j, (lvl, col, row) in enumerate(coords[start:stop]):
                 tiles[j] = reader.read(int(lvl), int(col), int(row))
-            return torch.from_numpy(tiles), slide_index, True, ""
+            return torch.from_numpy(tiles), slide_index, start, ""
         except Exception as exc:  # a tile that cannot be read fails its slide only
             empty = torch.zeros((0, self.tile_size, self.tile_size, 3), dtype=torch.uint8)
-            return empty, slide_index, False, _describe(exc)
+            return empty, slide_index, start, _describe(exc)
 
 
 class _InOrder(Sampler[int]):
@@ -189,9 +190,13 @@ def extract_from_coords(
     on_slide_done=None,
     desc: str = "extract",
 ) -> dict[int, np.ndarray | str]:
-    """Features of ``jobs`` (slide path, coords (n,3)); returns slide index -> (n, 3+D)
-    float32 matrix, or an error message for a slide that failed. ``on_slide_done(index,
-    result)`` is called as soon as a slide is complete (to write it)."""
+    """Features of ``jobs`` (slide path, coords (n,3)), slide by slide.
+
+    ``on_slide_done(index, result)`` is called as soon as a slide is complete, with its
+    (n, 3+D) float32 matrix or an error message; the function then keeps no matrix (memory
+    stays at one slide in flight) and returns index -> "" (done) or the error. Without a
+    callback it returns index -> matrix or error message.
+    """
     from tqdm.auto import tqdm
 
     batches = [
@@ -202,11 +207,17 @@ def extract_from_coords(
     remaining = {s: -(-len(c) // batch_size) for s, (_, c) in enumerate(jobs)}
     parts: dict[int, list[np.ndarray]] = {s: [] for s in remaining}
     results: dict[int, np.ndarray | str] = {}
+
+    def finish(s: int, result: np.ndarray | str) -> None:
+        if on_slide_done is None:
+            results[s] = result
+        else:
+            results[s] = result if isinstance(result, str) else ""
+            on_slide_done(s, result)
+
     for s, (_, coords) in enumerate(jobs):  # slides without tiles are complete at once
         if len(coords) == 0:
-            results[s] = np.zeros((0, 3 + extractor.feature_dim), np.float32)
-            if on_slide_done:
-                on_slide_done(s, results[s])
+            finish(s, np.zeros((0, 3 + extractor.feature_dim), np.float32))
     loader = DataLoader(
         _TileBatches(jobs, batches, tile_size),
         batch_size=1,
@@ -219,28 +230,19 @@ def extract_from_coords(
     )
     total = sum(len(c) for _, c in jobs)
     bar = tqdm(total=total, unit="tile", desc=desc, disable=not progress, smoothing=0.05)
-    for tiles, s, ok, error in loader:
-        if s in results:  # already failed
-            remaining[s] -= 1
-            bar.update(len(tiles))
-            continue
-        if not ok:
-            results[s] = error
-            parts[s].clear()
-            if on_slide_done:
-                on_slide_done(s, error)
-            continue
-        _, coords = jobs[s]
-        start = sum(len(p) for p in parts[s])
-        feats = features_of_uint8(extractor, tiles)
-        meta = coords[start:start + len(tiles)].astype(np.float32)
-        parts[s].append(np.concatenate([meta, feats], axis=1))
-        remaining[s] -= 1
+    for tiles, s, start, error in loader:
         bar.update(len(tiles))
+        if s in results:  # the slide already failed
+            continue
+        if error:
+            parts.pop(s, None)
+            finish(s, error)
+            continue
+        meta = jobs[s][1][start:start + len(tiles)].astype(np.float32)
+        parts[s].append(np.concatenate([meta, features_of_uint8(extractor, tiles)], axis=1))
+        remaining[s] -= 1
         if remaining[s] == 0:
-            results[s] = np.concatenate(parts.pop(s), axis=0)
-            if on_slide_done:
-                on_slide_done(s, results[s])
+            finish(s, np.concatenate(parts.pop(s), axis=0))
     bar.close()
     return results
 

@@ -165,3 +165,19 @@ def test_torchrun_two_ranks_equals_one(slide_dir, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert _outputs(two) == _outputs(one)
     assert (two / "failures.csv").is_file()
+
+
+def test_a_tile_that_cannot_be_read_fails_only_its_slide(slide_dir):
+    from rl_benchmarks.extraction.slides import extract_from_coords
+    from rl_benchmarks.slides import tile_slide
+
+    good = tile_slide(slide_dir / "a.tif").coords
+    bad = good.copy()
+    bad[-1, 1] = 10_000  # no such column at that level
+    done = {}
+    out = extract_from_coords([(slide_dir / "c.tif", bad), (slide_dir / "a.tif", good)],
+                              _tiny_extractor(), 224, batch_size=4, progress=False,
+                              on_slide_done=lambda i, r: done.__setitem__(i, r))
+    assert isinstance(done[0], str) and done[0] and out[0] == done[0]
+    assert done[1].shape == (len(good), 35) and out[1] == ""
+
