@@ -137,6 +137,9 @@ def draw_heatmaps(logs: Path, cohort, features_dir: Path, out_dir: Path, n: int)
     """Heatmaps for every experiment whose model has tile scores."""
     import pickle
 
+    from hydra.utils import instantiate
+
+    from rl_benchmarks.models import slide_models
     from rl_benchmarks.reports.heatmap import heatmaps_from_cv
 
     slides = {
@@ -148,13 +151,15 @@ def draw_heatmaps(logs: Path, cohort, features_dir: Path, out_dir: Path, n: int)
         if not (exp / "models").is_dir():
             continue
         params = pickle.loads((exp / "params.pkl").read_bytes())
-        target = str(params["task"]["validation_scheme"]["trainer_cfg"]["model"]["_target_"])
-        name = target.rsplit(".", 1)[-1]
-        model = {"ABMIL": "abmil", "Chowder": "chowder", "DSMIL": "dsmil", "HIPTMIL": "hipt_mil",
-                 "TransMIL": "trans_mil"}.get(name)
-        if model is None:
-            continue
-        drawn += heatmaps_from_cv(exp, slides, model, out_dir, max_slides=n)
+        node = dict(params["task"]["validation_scheme"]["trainer_cfg"]["model"])
+        model = str(node.pop("_target_")).rsplit(".", 1)[-1]  # the registry takes class names
+        if not hasattr(getattr(slide_models, model, None), "tile_scores"):
+            continue  # MeanPool has no tile scores
+        # the exact constructor arguments the experiment trained with
+        kwargs = instantiate({k: v for k, v in node.items()
+                              if k not in ("in_features", "out_features")}, _convert_="all")
+        drawn += heatmaps_from_cv(exp, slides, model, out_dir, model_kwargs=kwargs,
+                                  use_reference_kwargs=False, max_slides=n)
     return drawn
 
 
