@@ -49,14 +49,12 @@ def load_tile_frame(cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
             frame.loc[frame.split == "valid", "split"] = "test"
     else:
         raise ValueError("finetune: give data=<folder or CSV> or tile_dataset=<name>")
-    labels = frame["label"]
-    if labels.dtype == object or "class_name" in frame:
-        names_ = sorted(map(str, labels.unique()))
-        frame["label"] = labels.astype(str).map({n: i for i, n in enumerate(names_)})
-        classes = names_
-    else:
-        classes = [str(c) for c in sorted(labels.unique())]
-        frame["label"] = labels.map({c: i for i, c in enumerate(sorted(labels.unique()))})
+    # Class names when the loader gives them (ImageFolder), else the label values; codes
+    # 0..K-1 follow their sorted order.
+    source = frame["class_name"] if "class_name" in frame else frame["label"]
+    values = sorted(source.unique())
+    frame["label"] = source.map({v: i for i, v in enumerate(values)}).astype(int)
+    classes = [str(v) for v in values]
     return frame, classes
 
 

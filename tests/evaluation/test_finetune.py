@@ -167,3 +167,15 @@ def test_backbone_from_an_ibot_checkpoint(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(backbone(pixel_values=x).last_hidden_state[:, 0],
                                    vit(x), atol=1e-4, rtol=1e-4)
+
+
+def test_image_folder_class_names_and_codes(tmp_path):
+    from omegaconf import OmegaConf
+
+    from rl_benchmarks.cli.finetune import load_tile_frame
+
+    _write_tiles(tmp_path / "tiles", n_per_class=2)
+    frame, classes = load_tile_frame(OmegaConf.create({"data": str(tmp_path / "tiles")}))
+    assert classes == ["ADI", "STR", "TUM"]
+    for name, code in zip(frame["class_name"], frame["label"]):
+        assert classes[code] == name
