@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from rl_benchmarks.extraction.slides import features_of_uint8
 from rl_benchmarks.utils import io
@@ -94,29 +94,41 @@ def extract_tile_dataset(
     ids = np.asarray(frame["image_id"].astype(str).tolist(), dtype=object)
     chunks_dir = out / "_chunks"
     n_chunks = -(-len(paths) // chunk_size)
-    done = skipped = 0
+
+    def chunk_path(c: int) -> Path:
+        return chunks_dir / f"chunk_{c:06d}.npy"
+
+    def chunk_len(c: int) -> int:
+        return min((c + 1) * chunk_size, len(paths)) - c * chunk_size
+
+    todo = [c for c in range(n_chunks) if not chunk_path(c).is_file()]
+    skipped = n_chunks - len(todo)
     device = getattr(extractor, "device", torch.device("cpu"))
-    bar = tqdm(total=len(paths), unit="tile", desc="extract tiles", disable=not progress)
-    for c in range(n_chunks):
-        start, stop = c * chunk_size, min((c + 1) * chunk_size, len(paths))
-        chunk_path = chunks_dir / f"chunk_{c:06d}.npy"
-        if chunk_path.is_file():
-            skipped += 1
-            bar.update(stop - start)
-            continue
-        loader = DataLoader(
-            TileImages(paths[start:stop], size), batch_size=batch_size, shuffle=False,
-            num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
-        )
-        feats = []
-        for tiles in loader:
-            feats.append(features_of_uint8(extractor, tiles))
-            bar.update(len(tiles))
-        io.save_npy(chunk_path, np.concatenate(feats, axis=0))
-        done += 1
+    bar = tqdm(total=len(paths), unit="tile", desc="extract tiles", disable=not progress,
+               initial=sum(chunk_len(c) for c in range(n_chunks) if c not in set(todo)))
+    # One DataLoader (one set of workers) over every tile still to do, in order; features
+    # are cut into chunks as they arrive and each chunk is written atomically.
+    indices = [i for c in todo for i in range(c * chunk_size, c * chunk_size + chunk_len(c))]
+    loader = DataLoader(
+        Subset(TileImages(paths, size), indices), batch_size=batch_size, shuffle=False,
+        num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
+    )
+    buffer: list[np.ndarray] = []
+    buffered, k = 0, 0
+    for tiles in loader:
+        feats = features_of_uint8(extractor, tiles)
+        buffer.append(feats)
+        buffered += len(feats)
+        bar.update(len(tiles))
+        while k < len(todo) and buffered >= chunk_len(todo[k]):
+            rows = np.concatenate(buffer, axis=0)
+            n = chunk_len(todo[k])
+            io.save_npy(chunk_path(todo[k]), rows[:n])
+            buffer, buffered, k = [rows[n:]], buffered - n, k + 1
     bar.close()
+    done = k
     features = np.concatenate(
-        [np.load(chunks_dir / f"chunk_{c:06d}.npy") for c in range(n_chunks)], axis=0
+        [np.load(chunk_path(c)) for c in range(n_chunks)], axis=0
     ) if n_chunks else np.zeros((0, extractor.feature_dim), np.float32)
     if record is not None:
         io.write_json(out / "rlbenchmarks_extraction_params.json",

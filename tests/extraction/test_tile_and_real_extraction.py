@@ -106,3 +106,25 @@ def test_crc_tiles_as_image_folder(real_data, tmp_path):
     labels = pd.read_csv(root / "labels.csv")
     assert feats.shape == (len(labels), 32) and len(ids) == len(labels)
     assert np.isfinite(feats).all()
+
+
+def test_extract_tiles_reuses_finished_chunks(tmp_path):
+    from rl_benchmarks.datasets import load_image_folder
+    from rl_benchmarks.extraction.tiles import extract_tile_dataset
+
+    frame = load_image_folder(_image_folder(tmp_path / "tiles"))
+    extractor = _tiny_extractor()
+    full = extract_tile_dataset(frame, tmp_path / "full", extractor, batch_size=3,
+                                num_workers=0, chunk_size=2, progress=False)
+    assert full.n_chunks_done == 2
+    expected = np.load(tmp_path / "full" / "tile_features.npy")
+    out = tmp_path / "resumed"
+    (out / "_chunks").mkdir(parents=True)
+    sentinel = np.full((2, 32), 7.0, np.float32)  # a chunk "finished" before a crash
+    np.save(out / "_chunks" / "chunk_000001.npy", sentinel)
+    summary = extract_tile_dataset(frame, out, extractor, batch_size=3, num_workers=0,
+                                   chunk_size=2, progress=False)
+    assert (summary.n_chunks_done, summary.n_chunks_skipped) == (1, 1)
+    feats = np.load(out / "tile_features.npy")
+    np.testing.assert_array_equal(feats[2:], sentinel)  # reused, not recomputed
+    np.testing.assert_allclose(feats[:2], expected[:2], atol=1e-5, rtol=1e-4)
