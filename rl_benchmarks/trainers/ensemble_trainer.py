@@ -50,6 +50,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from rl_benchmarks.trainers.torch_trainer import order_seed
+from rl_benchmarks.utils.memory import keep_freed_memory
 from rl_benchmarks.utils.seed import set_seed
 
 SUPPORTED_MODELS = ("MeanPool", "Chowder", "ABMIL", "DSMIL")
@@ -213,7 +214,24 @@ class EnsembleTrainer:
         seed: int,
         keep_state: bool = False,
     ) -> list[MemberResult]:
-        """Train every member for ``num_epochs``; evaluate ``val_idx`` after each epoch."""
+        """Train every member for ``num_epochs``; evaluate ``val_idx`` after each epoch.
+
+        Runs inside :func:`~rl_benchmarks.utils.memory.keep_freed_memory`: the per-step
+        temporaries are tens of MB, and without it every step page-faults them in anew.
+        """
+        with keep_freed_memory():
+            return self._train(data, train_idx, val_idx, members, num_epochs, seed, keep_state)
+
+    def _train(
+        self,
+        data: Preloaded,
+        train_idx: Sequence[int],
+        val_idx: Sequence[int] | None,
+        members: Sequence[tuple[float, float]],
+        num_epochs: int,
+        seed: int,
+        keep_state: bool,
+    ) -> list[MemberResult]:
         set_seed(seed)
         trainer = instantiate(self.cfg)  # builds the model exactly as the plain path does
         reason = unsupported_reason(trainer)
