@@ -207,7 +207,7 @@ class NestedCrossValidation:
             else:  # plain k-fold CV: the given point, trained for num_epochs
                 epochs = int(update_trainer_cfg(self.trainer_cfg, grid[0]).num_epochs)
                 best = {"grid_index": 0, "best_epoch": epochs - 1, "num_epochs": epochs,
-                        "score": float("nan"), "grid_scores": []}
+                        "score": float("nan"), "score_std": float("nan"), "grid_scores": []}
             params = {**grid[best["grid_index"]]}
             logger.info(
                 "%s: selected %s, %d epochs (inner mean %s %.4f)", key,
@@ -221,6 +221,7 @@ class NestedCrossValidation:
                 "num_epochs": best["num_epochs"],
                 "best_epoch": best["best_epoch"],
                 "inner_score": best["score"],
+                "inner_score_std": best["score_std"],
                 "selection_metric": selection,
                 "grid_scores": best["grid_scores"],
             }
@@ -278,7 +279,7 @@ class NestedCrossValidation:
 
     def _select(self, grid: list[dict], curves: list[list[dict]], selection: str) -> dict:
         """Best epoch of each grid point on the inner mean curve, then the best point."""
-        scores, epochs = [], []
+        scores, epochs, stds = [], [], []
         for runs in curves:
             mat = np.array([run[selection] for run in runs], dtype=float)  # (runs, epochs)
             mean = mat.mean(axis=0) if mat.size else np.array([np.nan])
@@ -287,6 +288,8 @@ class NestedCrossValidation:
             else:
                 e_star = int(np.nanargmax(mean))
                 score = float(mean[e_star])
+            col = mat[:, e_star] if mat.size else np.array([np.nan])
+            stds.append(float(np.std(col, ddof=1)) if len(col) > 1 else float("nan"))
             scores.append(score)
             epochs.append(e_star)
         best = int(np.argmax(scores))
@@ -295,8 +298,9 @@ class NestedCrossValidation:
             "best_epoch": epochs[best],
             "num_epochs": epochs[best] + 1,
             "score": scores[best],
+            "score_std": stds[best],
             "grid_scores": [
-                {**grid[i], "score": scores[i], "num_epochs": epochs[i] + 1}
+                {**grid[i], "score": scores[i], "score_std": stds[i], "num_epochs": epochs[i] + 1}
                 for i in range(len(grid))
             ],
         }

@@ -78,6 +78,9 @@ def test_selection_retrains_best_epoch_plus_one(cohort, monkeypatch):
         assert sel["num_epochs"] == 4 and len(test["auc"][key]) == 4
         assert sel["inner_score"] == pytest.approx(0.9)
         assert [g["num_epochs"] for g in sel["grid_scores"]] == [2, 4]
+        # spread over the inner folds at the chosen epoch (fold noise), per grid point
+        assert sel["grid_scores"][0]["score_std"] == pytest.approx(np.std([0.9, 0.7], ddof=1))
+        assert sel["inner_score_std"] == pytest.approx(0.0)
 
 
 def test_repeats_and_fold_keys(cohort):
