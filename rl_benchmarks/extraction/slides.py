@@ -99,21 +99,19 @@ class ExtractionSummary:
 def list_slides(slides: str | Path | Sequence[str | Path]) -> list[SlideInput]:
     """Slides from a folder (every known WSI extension), a CSV (``slide_path`` column, and
     optional ``slide_id`` and ``coords_path`` columns) or a list of paths."""
-    from rl_benchmarks.slides.tiling import collect_slides
+    from rl_benchmarks.slides.tiling import collect_slides, read_slide_table
 
-    paths = collect_slides(slides)
     src = Path(slides) if isinstance(slides, (str, Path)) else None
     if src is None or src.suffix.lower() != ".csv":
-        return [SlideInput(p, p.name) for p in paths]
-    frame = pd.read_csv(src)
+        return [SlideInput(p, p.name) for p in collect_slides(slides)]
     out = []
-    for path, (_, row) in zip(paths, frame.iterrows()):
-        sid = row.get("slide_id")
-        coords = row.get("coords_path")
-        coords = None if coords is None or pd.isna(coords) else Path(coords)
+    for path, row in read_slide_table(src):
+        sid = (row.get("slide_id") or "").strip() or None
+        coords = (row.get("coords_path") or "").strip() or None
+        coords = None if coords is None else Path(coords).expanduser()
         if coords is not None and not coords.is_absolute():
             coords = src.parent / coords
-        out.append(SlideInput(path, path.name if sid is None or pd.isna(sid) else str(sid), coords))
+        out.append(SlideInput(path, path.name if sid is None else sid, coords))
     return out
 
 

@@ -284,6 +284,30 @@ class TilingSummary:
         )
 
 
+def read_slide_table(src: Path) -> list[tuple[Path, dict[str, str]]]:
+    """Rows of a slides CSV as (slide path, row): the path from the ``slide_path`` (or
+    ``path``/``slide``) column, relative paths resolved against the CSV's folder; the row
+    keeps every column (``slide_id``, ``coords_path``, ...) as text."""
+    if not src.is_file():
+        raise ValueError(f"{src}: CSV file not found")
+    with open(src, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = reader.fieldnames or []
+        col = next((c for c in ("slide_path", "path", "slide") if c in cols), None)
+        if col is None:
+            raise ValueError(f"{src}: no 'slide_path' (or 'path') column; columns are {cols}")
+        out = []
+        for i, row in enumerate(reader, start=2):
+            value = (row.get(col) or "").strip()
+            if not value:
+                raise ValueError(f"{src}: line {i}: empty '{col}'")
+            p = Path(value).expanduser()
+            out.append((p if p.is_absolute() else src.parent / p, row))
+    if not out:
+        raise ValueError(f"{src}: no slides listed")
+    return out
+
+
 def collect_slides(slides: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """Slide paths from a folder (by extension), a CSV (``slide_path`` or ``path`` column,
     relative paths resolved against the CSV's folder) or a list."""
@@ -299,26 +323,7 @@ def collect_slides(slides: str | os.PathLike | Sequence[str | os.PathLike]) -> l
                 )
             return found
         if src.suffix.lower() == ".csv":
-            if not src.is_file():
-                raise ValueError(f"{src}: CSV file not found")
-            with open(src, newline="") as f:
-                reader = csv.DictReader(f)
-                cols = reader.fieldnames or []
-                col = next((c for c in ("slide_path", "path", "slide") if c in cols), None)
-                if col is None:
-                    raise ValueError(
-                        f"{src}: no 'slide_path' (or 'path') column; columns are {cols}"
-                    )
-                out = []
-                for i, row in enumerate(reader, start=2):
-                    value = (row.get(col) or "").strip()
-                    if not value:
-                        raise ValueError(f"{src}: line {i}: empty '{col}'")
-                    p = Path(value).expanduser()
-                    out.append(p if p.is_absolute() else src.parent / p)
-            if not out:
-                raise ValueError(f"{src}: no slides listed")
-            return out
+            return [path for path, _ in read_slide_table(src)]
         if src.is_file():
             return [src]
         raise ValueError(f"slides={src}: not a folder, a CSV file or a slide file")

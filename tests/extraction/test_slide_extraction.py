@@ -181,3 +181,22 @@ def test_a_tile_that_cannot_be_read_fails_only_its_slide(slide_dir):
     assert isinstance(done[0], str) and done[0] and out[0] == done[0]
     assert done[1].shape == (len(good), 35) and out[1] == ""
 
+
+
+def test_list_slides_from_csv_keeps_ids_and_resolves_paths(tmp_path):
+    """One read of the CSV: relative slide and coords paths resolve against its folder,
+    slide ids stay text ("001" is not 1), a missing id or coords falls back."""
+    from rl_benchmarks.extraction.slides import list_slides
+
+    (tmp_path / "c").mkdir()
+    table = tmp_path / "slides.csv"
+    table.write_text("slide_path,slide_id,coords_path\n"
+                     "a.svs,001,c/a.npy\n"
+                     f"{tmp_path / 'b.tif'},,\n")
+    a, b = list_slides(table)
+    assert (a.slide_path, a.slide_id, a.coords_path) == (tmp_path / "a.svs", "001",
+                                                      tmp_path / "c/a.npy")
+    assert (b.slide_path, b.slide_id, b.coords_path) == (tmp_path / "b.tif", "b.tif", None)
+    table.write_text("slide_id\nx\n")
+    with pytest.raises(ValueError, match="slide_path"):
+        list_slides(table)
