@@ -118,6 +118,22 @@ def default_weights_path(architecture: str) -> Path | None:
         return None
 
 
+#: Heads of the standard ViT widths (Tiny, Small, Base, Large, Huge, giant2). A state dict
+#: does not record the head count, and a wrong one still loads, so other widths must say it.
+STANDARD_NUM_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1536: 24}
+
+
+def standard_num_heads(embed_dim: int, weights_path: Any = None) -> int:
+    """Heads of a standard ViT width; a clear error for other widths (pass num_heads)."""
+    if embed_dim not in STANDARD_NUM_HEADS:
+        raise ValueError(
+            f"{weights_path or 'weights'}: embed_dim={embed_dim} is not a standard ViT width "
+            f"({sorted(STANDARD_NUM_HEADS)}), and the weights do not record the number of "
+            "attention heads: pass num_heads=<heads>"
+        )
+    return STANDARD_NUM_HEADS[embed_dim]
+
+
 class iBOTViT(Extractor):  # noqa: N801 - the reference's name
     """iBOT ViT extractor with the reference's signature.
 
@@ -165,7 +181,9 @@ class iBOTViT(Extractor):  # noqa: N801 - the reference's name
                 raise ValueError("architecture='auto' reads the shape from the weights: "
                                  "it needs pretrained=True and a weights_path")
             shape = infer_vit_shape(state)
-            shape["num_heads"] = vit_kwargs.pop("num_heads", max(1, shape["embed_dim"] // 64))
+            shape["num_heads"] = vit_kwargs.pop("num_heads", None) or standard_num_heads(
+                shape["embed_dim"], weights_path
+            )
         else:
             shape = dict(VIT_ARCHS[architecture])
         shape.update(vit_kwargs)

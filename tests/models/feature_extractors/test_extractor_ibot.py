@@ -30,6 +30,16 @@ def test_architecture_auto_reads_shape_and_default_is_teacher(ibot_ckpt):
         torch.testing.assert_close(ext(x), ibot_ckpt.teacher(x), atol=1e-6, rtol=1e-6)
 
 
+def test_architecture_auto_needs_heads_for_a_non_standard_width(ibot_ckpt):
+    """embed_dim 32 is no standard ViT width: the head count cannot be guessed (a wrong
+    one would load and silently give other features), so it must be given."""
+    from rl_benchmarks.models.feature_extractors.ibot_vit import standard_num_heads
+
+    with pytest.raises(ValueError, match="num_heads"):
+        iBOTViT("auto", weights_path=ibot_ckpt.path)
+    assert [standard_num_heads(d) for d in (192, 384, 768, 1024)] == [3, 6, 12, 16]
+
+
 def _edit(ckpt_path, tmp_path, fn):
     ck = torch.load(ckpt_path, weights_only=True)
     fn(ck["teacher"])
