@@ -204,6 +204,7 @@ class EnsembleTrainer:
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    @keep_freed_memory()  # per-step temporaries are tens of MB: no page faults anew
     def train(
         self,
         data: Preloaded,
@@ -214,24 +215,7 @@ class EnsembleTrainer:
         seed: int,
         keep_state: bool = False,
     ) -> list[MemberResult]:
-        """Train every member for ``num_epochs``; evaluate ``val_idx`` after each epoch.
-
-        Runs inside :func:`~rl_benchmarks.utils.memory.keep_freed_memory`: the per-step
-        temporaries are tens of MB, and without it every step page-faults them in anew.
-        """
-        with keep_freed_memory():
-            return self._train(data, train_idx, val_idx, members, num_epochs, seed, keep_state)
-
-    def _train(
-        self,
-        data: Preloaded,
-        train_idx: Sequence[int],
-        val_idx: Sequence[int] | None,
-        members: Sequence[tuple[float, float]],
-        num_epochs: int,
-        seed: int,
-        keep_state: bool,
-    ) -> list[MemberResult]:
+        """Train every member for ``num_epochs``; evaluate ``val_idx`` after each epoch."""
         set_seed(seed)
         trainer = instantiate(self.cfg)  # builds the model exactly as the plain path does
         reason = unsupported_reason(trainer)

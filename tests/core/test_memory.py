@@ -44,3 +44,16 @@ def test_no_libc_is_a_no_op(monkeypatch):
     with memory.keep_freed_memory() as applied:
         assert applied is False
     assert memory._depth == 0
+
+
+def test_decorator_applies_during_the_call():
+    """The fast nested CV decorates EnsembleTrainer.train with it."""
+    from rl_benchmarks.trainers.ensemble_trainer import EnsembleTrainer
+
+    @memory.keep_freed_memory()
+    def depth() -> int:
+        return memory._depth
+
+    assert depth() == (1 if glibc else 0) and memory._depth == 0
+    assert depth() == (1 if glibc else 0)  # the decorator re-enters on every call
+    assert EnsembleTrainer.train.__wrapped__ is not None
