@@ -183,12 +183,16 @@ class iBOTNet(nn.Module):  # noqa: N801
         global_crops: torch.Tensor,
         masks: torch.Tensor | None = None,
         local_crops: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return_backbone_cls: bool = False,
+    ):
+        """``(cls_out, patch_out)``, plus the backbone [CLS] tokens of the global crops
+        when ``return_backbone_cls`` (for the optional KoLeo term)."""
         tokens = vit_tokens(self.backbone, global_crops, masks)
         cls = tokens[:, 0]
         if local_crops is not None and local_crops.numel():
             cls = torch.cat([cls, vit_tokens(self.backbone, local_crops)[:, 0]])
-        return self.head.forward_cls(cls), self.head.forward_patch(tokens[:, 1:])
+        out = (self.head.forward_cls(cls), self.head.forward_patch(tokens[:, 1:]))
+        return (*out, tokens[:, 0]) if return_backbone_cls else out
 
 
 def build_ibot_pair(cfg_model: dict, cfg_head: dict) -> tuple[iBOTNet, iBOTNet]:
@@ -344,6 +348,26 @@ class iBOTLoss(nn.Module):  # noqa: N801
         self.center2.mul_(self.center_momentum2).add_(
             patch_sum / count, alpha=1 - self.center_momentum2
         )
+
+
+def koleo_loss(x: torch.Tensor, n_chunks: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    """KoLeo regulariser (Sablayrolles et al. 2019; DINOv2, the recipe of Phikon-v2):
+    ``-mean log(distance to the nearest neighbour)`` of the L2-normalised rows, computed
+    within each of ``n_chunks`` equal chunks (one per global crop) and averaged. It is
+    lowest when the features spread evenly over the sphere, so it opposes the collapse of
+    the backbone features onto a few directions. Not part of iBOT (off by default)."""
+    terms = []
+    for chunk in x.float().chunk(n_chunks):
+        if chunk.shape[0] < 2:
+            continue
+        z = F.normalize(chunk, dim=-1, eps=eps)
+        with torch.no_grad():
+            sim = z @ z.T
+            sim.fill_diagonal_(-2.0)
+            nn_idx = sim.argmax(dim=1)
+        dist = (z - z[nn_idx]).norm(dim=-1)
+        terms.append(-torch.log(dist + eps).mean())
+    return torch.stack(terms).mean() if terms else x.new_zeros((), dtype=torch.float32)
 
 
 def cosine_schedule(

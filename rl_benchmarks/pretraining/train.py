@@ -50,6 +50,7 @@ from rl_benchmarks.pretraining.ibot import (
     ema_pairs,
     ema_update,
     iBOTLoss,
+    koleo_loss,
     param_groups,
 )
 from rl_benchmarks.pretraining.masking import MaskGenerator
@@ -258,6 +259,8 @@ class Trainer:
         self.s_params, self.t_params = ema_pairs(self.student, self.teacher)
 
         head, loss = cfg["head"], cfg["loss"]
+        loss = dict(loss)
+        self.koleo_weight = float(loss.pop("koleo_weight", 0.0) or 0.0)
         self.loss_fn = iBOTLoss(int(head["out_dim"]), int(head["patch_out_dim"]), n_global=2,
                                 n_local=int(cfg["crops"]["local_number"]), epochs=self.epochs,
                                 **loss).to(dev)
@@ -294,8 +297,15 @@ class Trainer:
                             enabled=self.amp_dtype is not None):
             with torch.no_grad():
                 t_cls, t_patch = self.teacher(glob)
-            s_cls, s_patch = self.student_ddp(glob, masks, local)
+            if self.koleo_weight:
+                s_cls, s_patch, s_feat = self.student_ddp(glob, masks, local,
+                                                          return_backbone_cls=True)
+            else:
+                s_cls, s_patch = self.student_ddp(glob, masks, local)
         losses = self.loss_fn(s_cls, s_patch, t_cls, t_patch, masks, epoch)
+        if self.koleo_weight:
+            losses["koleo"] = koleo_loss(s_feat, n_chunks=2)
+            losses["loss"] = losses["loss"] + self.koleo_weight * losses["koleo"]
         loss = losses["loss"]
         if not math.isfinite(float(loss.detach())):
             raise PretrainError(f"loss is {float(loss)} at step {step}: training diverged "
@@ -326,7 +336,17 @@ class Trainer:
                 "cls_kl": float(losses["cls_kl"]), "patch_kl": float(losses["patch_kl"]),
                 "lr": float(self.lr[step]), "wd": float(self.wd[step]), "momentum": momentum,
                 "teacher_temp": float(self.loss_fn.teacher_temps[ep]),
-                "masked_fraction": float(masks.float().mean())}
+                "masked_fraction": float(masks.float().mean()),
+                **({"koleo": float(losses["koleo"].detach())} if self.koleo_weight else {})}
+
+    def monitor(self, crops: torch.Tensor) -> dict[str, float]:
+        """Collapse diagnostics of the teacher on ``crops`` (see ``monitor.py``), with the
+        current center and teacher temperature."""
+        from rl_benchmarks.pretraining.monitor import collapse_stats
+
+        ep = min(self.step // self.ipe, len(self.loss_fn.teacher_temps) - 1)
+        return collapse_stats(self.teacher, crops, self.loss_fn.center,
+                              float(self.loss_fn.teacher_temps[ep]))
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -524,8 +544,21 @@ def _run(cfg: dict, info: DistInfo, dataset: PretrainDataset | None) -> dict:
     stopped_early = False
     bar = tqdm(total=end, initial=trainer.step, disable=not info.is_main, unit="step",
                dynamic_ncols=True, desc="iBOT")
+    mon_cfg = cfg.get("monitor") or {}
+    mon_every = int(mon_cfg.get("every_steps") or 0) if info.is_main else 0
+    mon_crops = None
+    if mon_every:
+        from rl_benchmarks.pretraining.monitor import centre_crops, monitor_images
+
+        mon_crops = centre_crops(
+            monitor_images(trainer.dataset.tiles, int(mon_cfg.get("tiles") or 64),
+                           int(cfg["seed"])),
+            int(cfg["crops"]["global_size"])).to(info.device)
     for batch in loader:
+        stats = (trainer.monitor(mon_crops) if mon_every and trainer.step % mon_every == 0
+                 else {})
         row = trainer.train_step(batch)
+        row.update(stats)
         row["elapsed_s"] = time.perf_counter() - t0
         trainer.history.append(row)
         bar.update(1)
@@ -546,6 +579,9 @@ def _run(cfg: dict, info: DistInfo, dataset: PretrainDataset | None) -> dict:
                 break
     bar.close()
     elapsed = time.perf_counter() - t0
+    if mon_every and trainer.history:  # the final state, logged with the last step
+        trainer.history[-1].update({f"{k}_end": v for k, v in
+                                    trainer.monitor(mon_crops).items()})
     trainer.save()
     files = {"checkpoint": str(out / CHECKPOINT), "log": str(out / LOG)}
     if cfg["export"]["teacher"]:
