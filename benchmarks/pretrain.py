@@ -8,8 +8,19 @@ random initialisation (the exact weights the run started from).
 
 Pre-training tiles: DeepZoom tiles (224 px, full resolution) of the two real SVS slides with
 at least 50 % tissue, plus 224-px tiles cut from ``images/regions`` (same filter). The
-crc_he_9class tiles are never seen in pre-training. Outputs: the loss curve PNG and the
-training log under ``benchmarks/results/``, the section "pretrain" of BENCHMARKS.md.
+crc_he_9class tiles are never seen in pre-training. Outputs: the loss curve PNG, the
+collapse-monitor PNG and the training log under ``benchmarks/results/``, the section
+"pretrain" of BENCHMARKS.md.
+
+Why ``--koleo 0.5`` (the one change from plain iBOT): the collapse monitor
+(``rl_benchmarks/pretraining/monitor.py``: effective rank and spread of the teacher's
+[CLS] features on 64 *training* tiles, and the teacher's output entropies) showed that
+with plain iBOT at this scale the features collapse onto a few directions within ~40 steps
+(effective rank 21 -> 7) while the centred teacher output turns near-uniform, whatever the
+precision, patch loss, local crops, teacher momentum or temperature; a lower lr only slows
+it. DINOv2's KoLeo term on the student's backbone [CLS] keeps the rank (21 -> 22 at step
+50). The choice was made from these training-signal figures only, never from the probes
+(details in the BENCHMARKS.md section, constant ``WHY`` below).
 """
 
 from __future__ import annotations
@@ -48,6 +59,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--teacher-temp", type=float, default=0.04,
                    help="teacher temperature, [CLS] and patches, no warm-up (iBOT ViT-B: "
                         "0.04 warmed to 0.07)")
+    p.add_argument("--lr", type=float, default=5e-4,
+                   help="peak learning rate at this batch size (iBOT's linear-scaling rule "
+                        "gives 5e-4 x batch/256)")
+    p.add_argument("--momentum-teacher", type=float, default=0.99,
+                   help="initial teacher EMA momentum (cosine to 1)")
+    p.add_argument("--koleo", type=float, default=0.5,
+                   help="weight of the KoLeo term on the student's backbone [CLS] (DINOv2; "
+                        "0: pure iBOT)")
+    p.add_argument("--monitor-every", type=int, default=20,
+                   help="collapse monitor (64 training tiles) every this many steps")
     p.add_argument("--workdir", default="/tmp/rlbench_pretrain_bench",
                    help="checkpoints and coords (large files stay out of the repo)")
     p.add_argument("--seed", type=int, default=0)
@@ -175,6 +196,96 @@ def paired(a: np.ndarray, b: np.ndarray, seed: int, n_boot: int = 5000) -> dict:
             "b_only": only_b}
 
 
+# --------------------------------------------------------------------------- monitor
+
+MONITOR_COLS = (("feat_std", "feature spread"), ("feat_rank", "feature eff. rank"),
+                ("bottleneck_rank", "bottleneck eff. rank"), ("h_image", "H per image"),
+                ("h_mean", "H of mean output"))
+
+#: How the settings were chosen (from the collapse monitor, never from the probes).
+WHY = (
+    "Why these settings: chosen from the collapse monitor alone (training tiles only), never "
+    "from the probes. The previous defaults (no KoLeo; 15 min, 532 steps with 2 threads, "
+    "2026-11-25) gave probes below the random init (1-NN 0.225 vs 0.400, 5-NN 0.075 vs 0.300, "
+    "linear LOO 0.100 vs 0.375); the monitor run afterwards on that run's checkpoint shows "
+    "why: the teacher's feature rank had fallen from 21.2 (random init) to 3.9, its "
+    "bottleneck's from 20.3 to 3.5. Diagnosis (2026-11-25, short runs of 35-94 steps, 1 "
+    "thread, same data "
+    "and schedule shape; monitor figures at step 50, random init: feature rank 21.2, "
+    "spread 0.0247): with the earlier defaults (lr 5e-4 at batch 32, momentum 0.99, no "
+    "KoLeo) the teacher's features lose most of their rank within ~40 steps (rank 7.2, spread "
+    "0.0228; 5.8 at step 90) while its centred output turns near-uniform for every tile "
+    "(entropy per tile 5.36, of the mean 5.48, uniform 5.55): DINO's *uniform collapse*. "
+    "The same happens in fp32 (same trajectory: rank 10.7 vs 10.6 at step 30), without the patch (MIM) loss "
+    "(rank 8.4), without local crops (rank 7.5), with teacher momentum 0.996 (rank 12.1: "
+    "slower only) and with teacher temperature 0.02 (one-hot first, entropy 0.05, then "
+    "uniform; rank 8.7); a lower lr only slows it (1e-4: rank 14.7; 6.25e-5 with momentum "
+    "0.996: 19.4, the teacher barely moves). So it is not a defect of the loss, masking, "
+    "precision or EMA but the regime: a randomly initialised ViT maps every tile to almost "
+    "the same [CLS] (cosine ~0.94), so after centering the teacher's targets carry almost no "
+    "per-tile signal and the cheapest way to lower the loss is to make all outputs alike. "
+    "The KoLeo term of DINOv2 (the recipe of Phikon-v2), which spreads the student's "
+    "backbone [CLS] within the batch, counters it: rank at step 50 12.2 with weight 0.1, "
+    "21.9 (spread 0.039, rising) with 0.5, so the benchmark uses 0.5 and keeps every other "
+    "setting (lr, momentum, temperatures) as before, to change one thing."
+)
+
+
+def monitor_paragraph(log, n_proto: int) -> str:
+    """Collapse-monitor figures of the teacher at the start (= random init) and the end."""
+    if "feat_rank" not in log.columns:
+        return ""
+    first = log.dropna(subset=["feat_rank"]).iloc[0]
+    last = log.iloc[-1]
+    cells = []
+    for key, label in MONITOR_COLS:
+        end = last.get(f"{key}_end", float("nan"))
+        cells.append(f"{label} {first[key]:.3g} → {end:.3g}")
+    return ("**Collapse monitor** (`rl_benchmarks/pretraining/monitor.py`; teacher on centre "
+            "crops of 64 *training* tiles; start = the random init): " + "; ".join(cells)
+            + f" (entropies H in nats, uniform over {n_proto} prototypes = "
+            f"{math.log(n_proto):.2f}). Feature spread: mean per-dimension std of the "
+            "L2-normalised [CLS] across tiles; effective rank: exp of the entropy of the "
+            "normalised singular values. Curves: `benchmarks/results/pretrain_monitor.png`.")
+
+
+def monitor_record(log) -> dict:
+    """Monitor values per logged step, and at the end."""
+    if "feat_rank" not in log.columns:
+        return {}
+    keys = [k for k, _ in MONITOR_COLS]
+    m = log.dropna(subset=["feat_rank"])
+    return {"steps": m["step"].astype(int).tolist(),
+            **{k: [float(v) for v in m[k]] for k in keys},
+            "end": {k: float(log.iloc[-1].get(f"{k}_end", float("nan"))) for k in keys}}
+
+
+def plot_monitor(log, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = log.dropna(subset=["feat_rank"])
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=90)
+    axes[0].plot(m["step"], m["feat_rank"], "o-", label="backbone [CLS]")
+    axes[0].plot(m["step"], m["bottleneck_rank"], "s-", label="head bottleneck")
+    axes[0].set_title("effective rank (64 training tiles)")
+    axes[1].plot(m["step"], m["feat_std"], "o-")
+    axes[1].set_title("feature spread (mean per-dim std)")
+    axes[2].plot(m["step"], m["h_image"], "o-", label="per tile")
+    axes[2].plot(m["step"], m["h_mean"], "s-", label="of the mean output")
+    axes[2].set_title("teacher output entropy (nats)")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -224,13 +335,15 @@ def main() -> int:
                  "bottleneck_dim": 256},
         "loss": {"teacher_temp": args.teacher_temp, "warmup_teacher_temp": args.teacher_temp,
                  "teacher_patch_temp": args.teacher_temp,
-                 "warmup_teacher_patch_temp": args.teacher_temp},
+                 "warmup_teacher_patch_temp": args.teacher_temp, "koleo_weight": args.koleo},
         "crops": {"global_size": args.global_size, "local_size": args.local_size,
                   "local_number": args.local_number},
-        "optim": {"batch_size_per_gpu": args.batch_size, "lr": 5e-4 * 256 / args.batch_size,
-                  "warmup_epochs": 1, "momentum_teacher": 0.99, "freeze_last_layer": 1,
+        "optim": {"batch_size_per_gpu": args.batch_size, "lr": args.lr * 256 / args.batch_size,
+                  "warmup_epochs": 1, "momentum_teacher": args.momentum_teacher,
+                  "freeze_last_layer": 1,
                   "epochs": 1},
         "save_every_steps": 0, "export": {"teacher": True},
+        "monitor": {"every_steps": args.monitor_every, "tiles": 64},
     })
     dataset = build_dataset(cfg)
     prep_s = time.perf_counter() - t0
@@ -259,6 +372,8 @@ def main() -> int:
     # Loss curve and log into the repo (small files).
     shutil.copy(work / "run" / "loss_curve.png", results / "pretrain_loss_curve.png")
     shutil.copy(work / "run" / "train_log.csv", results / "pretrain_train_log.csv")
+    plot_monitor(__import__("pandas").read_csv(work / "run" / "train_log.csv"),
+                 results / "pretrain_monitor.png")
 
     # Features: pre-trained teacher (through the exported checkpoint and iBOTViT, as a user
     # would load it) vs the identical architecture at the run's initial weights.
@@ -306,8 +421,10 @@ def main() -> int:
         f"{args.threads} torch thread(s), "
         f"2×{args.global_size} px global + {args.local_number}×{args.local_size} px local crops, "
         f"heads {n_proto}/{n_proto} prototypes, teacher temperature {args.teacher_temp:g}, "
-        f"student 0.1, lr {5e-4:g} (after a 1-epoch warm-up, cosine), teacher momentum "
-        f"0.99 → 1; {len(dataset)} tiles: "
+        f"student 0.1, lr {args.lr:g} (after a 1-epoch warm-up, cosine), teacher momentum "
+        f"{args.momentum_teacher:g} → 1"
+        + (f", KoLeo weight {args.koleo:g} on the student's backbone [CLS]" if args.koleo else
+           "") + f"; {len(dataset)} tiles: "
         + ", ".join(f"{k} {v}" for k, v in n_slide_tiles.items())
         + f", regions {len(dataset) - sum(n_slide_tiles.values())} (224 px, ≥50 % tissue). "
         f"Budget {args.minutes:g} min: {hist['steps_run']} steps = {hist['epoch']:.1f} epochs "
@@ -322,12 +439,9 @@ def main() -> int:
         if h_end > 0.95 * math.log(n_proto) else "") + ". Peak RSS "
         f"{peak_rss_mb():.0f} MiB. Curve: `benchmarks/results/pretrain_loss_curve.png`.",
         "",
-        "Why these settings: they were picked from the training signal alone, never from the "
-        "probes. An earlier 10-minute run (2026-11-25, same machine) with 2048 prototypes and "
-        "the teacher temperature warmed from 0.04 to 0.07, as iBOT does over 30 epochs, ended "
-        "with a near-uniform teacher (entropy 7.55 of 7.62 nats, KL parts → 0.07 and 0.01) "
-        "and probes below the random initialisation (1-NN 0.275 vs 0.400, 5-NN 0.200 vs "
-        "0.300, linear 0.300 vs 0.375).",
+        monitor_paragraph(log, n_proto),
+        "",
+        WHY,
         "",
         f"**Probes.** {n} crc_he_9class tiles, 8 classes × 5 (BACK, a single tile, dropped); "
         f"CLS features of the tiles resized to {args.global_size} px. kNN: cosine, "
@@ -372,6 +486,7 @@ def main() -> int:
                                  "linear": float(r["linear"].mean()),
                                  "linear_cv": r["linear_cv"]} for name, r in res.items()},
               "paired": cmp, "n_test": n,
+              "monitor": monitor_record(log),
               "sources": dict(zip(*np.unique(source, return_counts=True)))}
     write_json(results / "pretrain.json", record)
     print(md)
