@@ -96,7 +96,8 @@ def main(cfg: DictConfig) -> int:
         max_steps_per_epoch=cfg.max_steps_per_epoch,
     )
     vit_kwargs = dict(OmegaConf.to_container(cfg.vit)) | {"image_size": cfg.image_size}
-    backbone = ft.load_vit_backbone(cfg.weights_path, cfg.pretrained, cfg.encoder, vit_kwargs)
+    backbone = ft.load_vit_backbone(cfg.weights_path, cfg.pretrained, cfg.encoder, vit_kwargs,
+                                    num_heads=OmegaConf.select(cfg, "num_heads"))
     if not cfg.pretrained:
         print("finetune: the backbone is RANDOMLY INITIALISED (pretrained=false)")
     model = ft.build_model(backbone, len(classes), run_cfg)

@@ -100,11 +100,14 @@ def load_vit_backbone(
     pretrained: bool = True,
     encoder: str = "teacher",
     vit_kwargs: dict[str, Any] | None = None,
+    num_heads: int | None = None,
 ) -> nn.Module:
     """Return a ``transformers.ViTModel`` (no pooling layer).
 
     ``weights_path`` is an owkin/phikon-style folder (``config.json`` + weights) or an iBOT
     ``.pth`` checkpoint. Random weights need ``pretrained=False``; they are never a fallback.
+    An iBOT checkpoint does not record its attention heads: standard ViT widths are known,
+    other widths need ``num_heads``.
     """
     from transformers import ViTModel
 
@@ -127,7 +130,8 @@ def load_vit_backbone(
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        export_hf(path, tmp, encoder=encoder)
+        export_hf(path, tmp, encoder=encoder,
+                  **({} if num_heads is None else {"num_heads": int(num_heads)}))
         return load_hf_vit(tmp)
 
 

@@ -157,10 +157,13 @@ def test_backbone_from_an_ibot_checkpoint(tmp_path):
     from rl_benchmarks.models.feature_extractors.ibot_vit import build_vit
 
     torch.manual_seed(0)
-    vit = build_vit(embed_dim=64, depth=2, num_heads=1)  # heads are read as embed_dim // 64
+    vit = build_vit(embed_dim=64, depth=2, num_heads=2)
     ckpt = tmp_path / "ibot.pth"
     torch.save({"teacher": {f"backbone.{k}": v for k, v in vit.state_dict().items()}}, ckpt)
-    backbone = ft.load_vit_backbone(ckpt)
+    with pytest.raises(ValueError, match="num_heads"):  # 64 is no standard width
+        ft.load_vit_backbone(ckpt)
+    backbone = ft.load_vit_backbone(ckpt, num_heads=2)
+    assert backbone.config.num_attention_heads == 2
     assert backbone.config.hidden_size == 64 and backbone.config.num_hidden_layers == 2
     x = torch.randn(1, 3, 224, 224)
     vit.eval()
