@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import torch
@@ -50,32 +49,21 @@ def build_vit(
     drop_path_rate: float = 0.0,
     masked_im_modeling: bool = False,
 ) -> nn.Module:
-    """A timm ``VisionTransformer`` with the reference's structure (qkv bias, LayerNorm eps
-    1e-6, no head) that accepts any crop size (position embeddings are resampled).
+    """The extractors' timm ViT (:func:`rl_benchmarks.models.feature_extractors.ibot_vit.
+    build_vit`: qkv bias, LayerNorm eps 1e-6, no head, any crop size) at size ``arch``, so
+    that a teacher saved here loads in ``iBOTViT`` by construction.
 
     ``masked_im_modeling`` adds the learned ``masked_embed`` token (student only).
     """
-    from timm.models.vision_transformer import VisionTransformer
+    from rl_benchmarks.models.feature_extractors.ibot_vit import build_vit as extractor_vit
 
     if arch not in ARCHS:
         raise ValueError(f"arch={arch!r} is unknown; expected one of {sorted(ARCHS)}")
     if img_size % patch_size:
         raise ValueError(f"img_size={img_size} is not a multiple of patch_size={patch_size}")
     spec = ARCHS[arch]
-    vit = VisionTransformer(
-        img_size=img_size,
-        patch_size=patch_size,
-        embed_dim=spec.embed_dim,
-        depth=spec.depth,
-        num_heads=spec.num_heads,
-        mlp_ratio=4.0,
-        qkv_bias=True,
-        num_classes=0,
-        global_pool="token",
-        norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        dynamic_img_size=True,
-        drop_path_rate=drop_path_rate,
-    )
+    vit = extractor_vit(embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads,
+                        patch_size=patch_size, img_size=img_size, drop_path_rate=drop_path_rate)
     if masked_im_modeling:
         vit.masked_embed = nn.Parameter(torch.zeros(1, spec.embed_dim))
     return vit

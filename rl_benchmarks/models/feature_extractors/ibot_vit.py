@@ -120,7 +120,8 @@ def default_weights_path(architecture: str) -> Path | None:
 
 #: Heads of the standard ViT widths (Tiny, Small, Base, Large, Huge, giant2). A state dict
 #: does not record the head count, and a wrong one still loads, so other widths must say it.
-STANDARD_NUM_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1536: 24}
+STANDARD_NUM_HEADS = {spec["embed_dim"]: spec["num_heads"] for spec in VIT_ARCHS.values()} | {
+    192: 3, 1280: 16, 1536: 24}  # ViT-Tiny, ViT-Huge, ViT-giant2
 
 
 def standard_num_heads(embed_dim: int, weights_path: Any = None) -> int:
