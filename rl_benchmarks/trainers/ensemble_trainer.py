@@ -337,14 +337,7 @@ class EnsembleTrainer:
                 sp = {n[len(prefix):]: params[n] for n in score_names}
                 m_arg = _no_padding(m)
                 s = score_all(sp, x[..., meta:], m_arg)[..., 0]  # (G, B, N)
-                s_top = s_bottom = s
-                if m_arg is not None:
-                    pad = m[..., 0].unsqueeze(0)
-                    s_top = s.masked_fill(pad, float("-inf"))
-                    s_bottom = s.masked_fill(pad, float("inf"))
-                top = s_top.topk(n_top, dim=-1).indices
-                bottom = s_bottom.topk(n_bottom, dim=-1, largest=False).indices
-                idx = torch.cat([top, bottom], dim=-1)  # (G, B, k)
+                idx = _extreme_indices(s, m_arg, n_top, n_bottom)  # (G, B, k)
             rows = torch.arange(x.shape[0], device=x.device).view(1, -1, 1)
             x_sel = x[rows, idx]  # (G, B, k, F)
             return selected(params, buffers, x_sel, None)  # the selection has no padding
@@ -515,21 +508,26 @@ def _fused_forward(
             if b2 is not None:
                 s = s + b2.reshape(1, g)
             s = s.t().reshape(g, b, n)
-            s_top = s_bottom = s
-            if m_arg is not None:
-                pad = m[..., 0].unsqueeze(0)
-                s_top = s.masked_fill(pad, float("-inf"))
-                s_bottom = s.masked_fill(pad, float("inf"))
-            parts = []
-            if n_top:
-                parts.append(s_top.topk(n_top, dim=-1).indices)
-            if n_bottom:
-                parts.append(s_bottom.topk(n_bottom, dim=-1, largest=False).indices)
-            idx = torch.cat(parts, dim=-1)  # (G, B, k)
+            idx = _extreme_indices(s, m_arg, n_top, n_bottom)  # (G, B, k)
         x_sel = feats[x.view(1, -1, 1), idx]  # (G, B, k, F)
         return selected(params, buffers, x_sel, None)  # the selection has no padding
 
     return chowder
+
+
+def _extreme_indices(scores: torch.Tensor, mask: torch.Tensor | None, n_top: int,
+                     n_bottom: int) -> torch.Tensor:
+    """Indices (G, B, n_top + n_bottom) of each member's highest then lowest tile scores
+    (G, B, N), never at padding (``mask`` (B, N, 1), True = padding): the tiles Chowder's
+    extreme layer keeps."""
+    s_top = s_bottom = scores
+    if mask is not None:
+        pad = mask[..., 0].unsqueeze(0)
+        s_top = scores.masked_fill(pad, float("-inf"))
+        s_bottom = scores.masked_fill(pad, float("inf"))
+    top = s_top.topk(n_top, dim=-1).indices
+    bottom = s_bottom.topk(n_bottom, dim=-1, largest=False).indices
+    return torch.cat([top, bottom], dim=-1)
 
 
 def _stacked_linear(params: dict, prefix: str, x: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,7 @@ def test_preload_pads_and_masks():
     torch.testing.assert_close(means.features[:, 0], expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("model", ["MeanPool", "Chowder", "ABMIL", "DSMIL"])
+@pytest.mark.parametrize("model", ["MeanPool", "Chowder", "ChowderLinearScore", "ABMIL", "DSMIL"])
 @pytest.mark.parametrize("task", ["binary", "survival"])
 def test_fast_members_equal_separate_plain_runs(model, task):
     # binary: slides without padding (the fast path then skips masking); survival: ragged

@@ -90,6 +90,9 @@ MODELS = {
     "MeanPool": {"_target_": "rl_benchmarks.models.MeanPool"},
     "Chowder": {"_target_": "rl_benchmarks.models.Chowder", "n_top": 2, "n_bottom": 2,
                 "tiles_mlp_hidden": [8], "mlp_hidden": [8, 4]},
+    # one linear tile score: the fast path's generic two-phase selection, not the fused one
+    "ChowderLinearScore": {"_target_": "rl_benchmarks.models.Chowder", "n_top": 2,
+                           "n_bottom": 2, "tiles_mlp_hidden": None, "mlp_hidden": [8, 4]},
     "DSMIL": {"_target_": "rl_benchmarks.models.DSMIL", "d_tiles_values": 4, "d_tiles_queries": 4,
               "tiles_scores_mlp_hidden": [8], "tiles_queries_mlp_hidden": [8],
               "mlp_hidden": [8]},
