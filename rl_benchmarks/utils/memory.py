@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import threading
 from collections.abc import Iterator
 
@@ -24,8 +25,10 @@ _lock = threading.Lock()
 _depth = 0
 
 
+@functools.cache
 def _libc():
-    """glibc's ``mallopt``/``malloc_trim`` holder, or None where they are missing."""
+    """glibc's ``mallopt``/``malloc_trim`` holder, or None where they are missing (looked
+    up once: ``find_library`` runs ``ldconfig``)."""
     name = ctypes.util.find_library("c")
     if not name:
         return None
