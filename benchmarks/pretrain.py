@@ -88,23 +88,34 @@ def parse_args() -> argparse.Namespace:
 # --------------------------------------------------------------------------- data
 
 
-def slide_coords(slide: Path, out: Path, tile_size: int = 224, min_tissue: float = 0.5) -> int:
-    """coords.npy of the full-resolution DeepZoom tiles of ``slide`` with enough tissue."""
+def _tissue_tiles(slide: Path, tile_size: int, overlap: int, levels: int,
+                  min_tissue: float):
+    """(level, col, row, RGB PIL tile) of the DeepZoom tiles of ``slide`` (``tile_size`` with
+    ``overlap`` on each side) that are whole (``tile_size + 2 overlap`` px) and hold at least
+    ``min_tissue`` tissue, at the full resolution and the next ``levels - 1`` coarser
+    levels."""
     import openslide
     from openslide.deepzoom import DeepZoomGenerator
 
     from rl_benchmarks.pretraining.data import tissue_fraction
+
+    dz = DeepZoomGenerator(openslide.OpenSlide(str(slide)), tile_size=tile_size,
+                           overlap=overlap)
+    side = tile_size + 2 * overlap
+    for level in range(dz.level_count - 1, max(dz.level_count - 1 - levels, -1), -1):
+        cols, rows = dz.level_tiles[level]
+        for r in range(rows):
+            for c in range(cols):
+                tile = dz.get_tile(level, (c, r)).convert("RGB")
+                if tile.size == (side, side) and tissue_fraction(np.asarray(tile)) >= min_tissue:
+                    yield level, c, r, tile
+
+
+def slide_coords(slide: Path, out: Path, tile_size: int = 224, min_tissue: float = 0.5) -> int:
+    """coords.npy of the full-resolution DeepZoom tiles of ``slide`` with enough tissue."""
     from rl_benchmarks.utils.io import save_npy
 
-    dz = DeepZoomGenerator(openslide.OpenSlide(str(slide)), tile_size=tile_size, overlap=0)
-    level = dz.level_count - 1
-    cols, rows = dz.level_tiles[level]
-    keep = []
-    for r in range(rows):
-        for c in range(cols):
-            tile = np.asarray(dz.get_tile(level, (c, r)).convert("RGB"))
-            if tile.shape[:2] == (tile_size, tile_size) and tissue_fraction(tile) >= min_tissue:
-                keep.append((level, c, r))
+    keep = [(lv, c, r) for lv, c, r, _ in _tissue_tiles(slide, tile_size, 0, 1, min_tissue)]
     save_npy(out, np.array(keep, dtype=np.int64).reshape(-1, 3))
     return len(keep)
 
@@ -115,24 +126,12 @@ def offset_tiles(slide: Path, out: Path, tile_size: int = 224, min_tissue: float
     stride, offset by a quarter tile from the ``slide_coords`` grid (DeepZoom tiles of
     ``tile_size // 2`` with ``tile_size // 4`` overlap), at the full resolution and the
     next ``levels - 1`` coarser DeepZoom levels, written as PNGs into ``out``."""
-    import openslide
-    from openslide.deepzoom import DeepZoomGenerator
-
-    from rl_benchmarks.pretraining.data import tissue_fraction
-
     out.mkdir(parents=True, exist_ok=True)
-    dz = DeepZoomGenerator(openslide.OpenSlide(str(slide)), tile_size=tile_size // 2,
-                           overlap=tile_size // 4)
     n = 0
-    for level in range(dz.level_count - 1, max(dz.level_count - 1 - levels, -1), -1):
-        cols, rows = dz.level_tiles[level]
-        for r in range(rows):
-            for c in range(cols):
-                tile = dz.get_tile(level, (c, r)).convert("RGB")
-                if tile.size == (tile_size, tile_size) and \
-                        tissue_fraction(np.asarray(tile)) >= min_tissue:
-                    tile.save(out / f"{slide.stem}_L{level}_{c}_{r}.png")
-                    n += 1
+    for level, c, r, tile in _tissue_tiles(slide, tile_size // 2, tile_size // 4, levels,
+                                           min_tissue):
+        tile.save(out / f"{slide.stem}_L{level}_{c}_{r}.png")
+        n += 1
     return n
 
 
@@ -157,12 +156,10 @@ def features(backbone, images, size: int) -> np.ndarray:
     """CLS token after the final norm (Phikon's feature) of ImageNet-normalised tiles resized
     to ``size`` px (the pre-training's global crop size)."""
     import torch
-    from torchvision import transforms as T
 
-    tf = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
-                    T.CenterCrop(size), T.ToTensor(),
-                    T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-    x = torch.stack([tf(im) for im in images])
+    from rl_benchmarks.pretraining.monitor import centre_crops
+
+    x = centre_crops(images, size)  # the monitor's view of the training tiles
     backbone.eval()
     with torch.inference_mode():
         return torch.cat([backbone(b) for b in x.split(16)]).numpy().astype(np.float64)
