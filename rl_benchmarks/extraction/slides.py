@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from rl_benchmarks import __version__
 from rl_benchmarks.extraction import distributed as dist_utils
 from rl_benchmarks.extraction.sampling import select_tiles
 from rl_benchmarks.extraction.sharding import shard_by_cost
@@ -404,7 +403,3 @@ def _write_failures(out_root: Path, failed: dict[str, str], slides: Sequence[Sli
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def settings_record(settings: SlideExtractionSettings) -> dict[str, Any]:
-    return {**asdict(settings), "package_version": __version__}

@@ -23,7 +23,6 @@ settings chosen from these figures are not tuned on the evaluation set.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -102,8 +101,3 @@ def monitor_images(tiles, n: int = 64, seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(tiles), size=min(n, len(tiles)), replace=False))
     return [tiles[int(i)] for i in idx]
-
-
-def uniform_entropy(k: int) -> float:
-    """Entropy of the uniform distribution over ``k`` prototypes."""
-    return math.log(k)

@@ -15,7 +15,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -525,9 +525,3 @@ def _start_method() -> str:
     if main_file is not None and not os.path.isfile(main_file) and os.name == "posix":
         return "fork"
     return "spawn"
-
-
-def iter_slide_coords(output_dir: str | os.PathLike) -> Iterable[tuple[str, Path]]:
-    """(slide file name, coords.npy path) of every finished slide below ``output_dir``."""
-    for p in sorted(Path(output_dir).rglob(COORDS_FILE)):
-        yield p.parent.name, p

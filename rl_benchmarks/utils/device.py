@@ -140,11 +140,6 @@ def parse_precision(precision: str | None) -> str:
     return PRECISIONS[key]
 
 
-def precision_dtype(precision: str) -> torch.dtype:
-    """The torch dtype of a precision name."""
-    return _DTYPES[parse_precision(precision)]
-
-
 def autocast(device: Any, precision: str) -> contextlib.AbstractContextManager:
     """An autocast context for ``precision`` on ``device`` (a null context for fp32)."""
     p = parse_precision(precision)
