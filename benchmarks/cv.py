@@ -407,8 +407,11 @@ NOTES = [
     "768->128 layer forward and weight gradient (0.39 GFLOP) and the gated attention "
     "forward and backward (0.2 GFLOP). At this CPU's measured one-core rates (about 85 "
     "GFLOP/s fp32, 170-200 bf16) that is about 7 ms (fp32) or 3 ms (bf16) per training "
-    "slide, against the baseline's about 12.5 ms (its measured total / slide-passes): the "
-    "ceiling is about 1.8x in fp32 and about 4x in bf16 before any overhead. The fast path "
+    "slide and 3.1 / 1.3 ms per evaluated slide, against the baseline's about 12.9 ms per "
+    "training slide (its measured total, split between train and eval passes by their "
+    "measured cost ratio: the reference ABMIL alone, one thread, batch 16, takes 9.2 ms per "
+    "slide to train and 4.0 ms to evaluate; the rest is loading and collation): the "
+    "ceiling is about 1.9x in fp32 and about 4.2x in bf16 before any overhead. The fast path "
     "is at 1.5x and 2.7x. Chowder's ceiling is higher because only 20 tiles per slide need "
     "a backward pass: its fp32 path (2.6x) is bound by the scoring matmul, and bf16 halves "
     "it (5.1x).",
