@@ -126,6 +126,7 @@ def test_prepare_module_wraps_several_gpus_in_dataparallel(monkeypatch):
     assert wrapped is net and device == "cuda:1"
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_parallel_extractor_gpu_matches_cpu(tiny):
     x = torch.randn(4, 3, 32, 32)
