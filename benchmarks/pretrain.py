@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -80,6 +81,15 @@ def parse_args() -> argparse.Namespace:
                         "images of tiles/histolab_tile_fixtures (unlabelled for this purpose)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1 is fastest on a CPU shared with other jobs)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu | cuda | cuda:K (the probes' features are computed there too)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="DataLoader workers making the multi-crop views")
+    p.add_argument("--warmup-epochs", type=float, default=1.0,
+                   help="linear lr warm-up, in epochs (then cosine)")
+    p.add_argument("--tag", default="",
+                   help="suffix of the result files and of the BENCHMARKS.md section "
+                        "(e.g. 'gpu': pretrain_gpu_*.png, section pretrain_gpu)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: outputs stay in --workdir, BENCHMARKS.md is not touched")
     return p.parse_args()
@@ -152,17 +162,18 @@ def eval_tiles(data: Path):
 # --------------------------------------------------------------------------- features
 
 
-def features(backbone, images, size: int) -> np.ndarray:
+def features(backbone, images, size: int, device: str = "cpu") -> np.ndarray:
     """CLS token after the final norm (Phikon's feature) of ImageNet-normalised tiles resized
-    to ``size`` px (the pre-training's global crop size)."""
+    to ``size`` px (the pre-training's global crop size), computed in fp32 on ``device``."""
     import torch
 
     from rl_benchmarks.pretraining.monitor import centre_crops
 
     x = centre_crops(images, size)  # the monitor's view of the training tiles
-    backbone.eval()
+    backbone.eval().to(device)
     with torch.inference_mode():
-        return torch.cat([backbone(b) for b in x.split(16)]).numpy().astype(np.float64)
+        out = torch.cat([backbone(b.to(device)).float().cpu() for b in x.split(16)])
+    return out.numpy().astype(np.float64)
 
 
 def colour_features(images) -> np.ndarray:
@@ -268,7 +279,23 @@ WHY = (
 )
 
 
-def monitor_paragraph(log, n_proto: int) -> str:
+#: The GPU run's settings, fixed before it ran (one run: the lent GPU time allows no other).
+WHY_GPU = (
+    "Why these settings (GPU run, fixed before it ran; one run, since the lent GPU time "
+    "allowed no second): the question is whether the CPU recipe, which trained healthily "
+    "on the training-side figures but did not move the probes in 30 CPU minutes, learns "
+    "features that help the probes given more compute. So the loss recipe is the CPU "
+    "run's unchanged (KoLeo 0.5, teacher temperature 0.04, momentum 0.99 → 1, 256 "
+    "prototypes, the same tiles), and only what the CPU budget had forced down goes back "
+    "to iBOT's own multi-crop: 2×224 px global and 10×96 px local crops (CPU: 112 and "
+    "6×48), a ViT-S/16 instead of ViT-Tiny, batch 64 with lr 5e-4 (the CPU run's lr; "
+    "DINO's ViT-S lr scaled by the square root of the batch), and a 10-epoch warm-up "
+    "(about a tenth of the planned epochs). The probes see 224-px tiles (CPU: resized to "
+    "112)."
+)
+
+
+def monitor_paragraph(log, n_proto: int, tag: str = "") -> str:
     """Collapse-monitor figures of the teacher at the start (= random init) and the end."""
     if "feat_rank" not in log.columns:
         return ""
@@ -283,7 +310,7 @@ def monitor_paragraph(log, n_proto: int) -> str:
             + f" (entropies H in nats, uniform over {n_proto} prototypes = "
             f"{math.log(n_proto):.2f}). Feature spread: mean per-dimension std of the "
             "L2-normalised [CLS] across tiles; effective rank: exp of the entropy of the "
-            "normalised singular values. Curves: `benchmarks/results/pretrain_monitor.png`.")
+            f"normalised singular values. Curves: `benchmarks/results/pretrain{tag}_monitor.png`.")
 
 
 def monitor_record(log) -> dict:
@@ -326,16 +353,40 @@ def plot_monitor(log, path: Path) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def command_args(argv: list[str], local: tuple[str, ...] = ("--data", "--workdir")) -> list[str]:
+    """``argv`` without the options that name local paths (and their values)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in local:
+            skip = True
+        elif not a.startswith(tuple(f"{o}=" for o in local)):
+            out.append(a)
+    return out
+
+
 def main() -> int:
     args = parse_args()
     import torch
 
     torch.set_num_threads(max(1, args.threads))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("benchmarks/pretrain.py: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    tag = f"_{args.tag}" if args.tag else ""
+    on_gpu = args.device.startswith("cuda")
 
     from rl_benchmarks.pretraining.ibot import ARCHS, build_ibot_pair
-    from rl_benchmarks.pretraining.train import Trainer, build_dataset, make_config, train
+    from rl_benchmarks.pretraining.train import (
+        Trainer,
+        build_dataset,
+        make_config,
+        setup_distributed,
+        train,
+    )
     from rl_benchmarks.utils.bench import machine_description, peak_rss_mb, write_section
-    from rl_benchmarks.utils.io import write_json
+    from rl_benchmarks.utils.io import write_json, write_text
 
     data = Path(args.data)
     if not (data / "tiles" / "crc_he_9class" / "labels.csv").is_file():
@@ -371,7 +422,7 @@ def main() -> int:
     cfg = make_config(None, **{
         "output_dir": str(work / "run"), "seed": args.seed, "precision": args.precision,
         "data": {"image_dirs": [str(d) for d in image_dirs], "tile_size": 224,
-                 "min_tissue": 0.5, "slides": entries, "num_workers": 1},
+                 "min_tissue": 0.5, "slides": entries, "num_workers": args.workers},
         "model": {"arch": args.arch, "patch_size": patch, "img_size": 224,
                   "drop_path_rate": 0.1},
         "head": {"out_dim": args.out_dim, "patch_out_dim": args.out_dim, "hidden_dim": 512,
@@ -382,41 +433,63 @@ def main() -> int:
         "crops": {"global_size": args.global_size, "local_size": args.local_size,
                   "local_number": args.local_number},
         "optim": {"batch_size_per_gpu": args.batch_size, "lr": args.lr * 256 / args.batch_size,
-                  "warmup_epochs": 1, "momentum_teacher": args.momentum_teacher,
+                  "warmup_epochs": args.warmup_epochs, "momentum_teacher": args.momentum_teacher,
                   "freeze_last_layer": 1,
                   "epochs": 1},
-        "save_every_steps": 0, "export": {"teacher": True},
+        "save_every_steps": 0, "export": {"teacher": True}, "device": args.device,
         "monitor": {"every_steps": args.monitor_every, "tiles": 64},
     })
     dataset = build_dataset(cfg)
     prep_s = time.perf_counter() - t0
 
-    # Calibrate the step time (2 steps after one warm-up step) to size the schedules so
-    # that they end when the budget does.
-    probe = Trainer(make_config(cfg, output_dir=str(work / "probe")), dataset)
-    from rl_benchmarks.pretraining.data import collate
+    # Calibrate the step time to size the schedules so that they end when the budget does:
+    # the model's step (2 steps after one warm-up step) and the loader's time per batch,
+    # measured with the run's workers (they overlap with the model); on a GPU the loader is
+    # usually the slower of the two.
+    probe = Trainer(make_config(cfg, output_dir=str(work / "probe")), dataset,
+                    setup_distributed(args.device))
+    from rl_benchmarks.pretraining.data import RunSampler, collate
 
+    t = time.perf_counter()
     batch = collate([dataset[(0, i)] for i in range(args.batch_size)])
+    sample_s = (time.perf_counter() - t) / args.batch_size
     probe.train_step(batch)
     t = time.perf_counter()
     for _ in range(2):
         probe.train_step(batch)
-    step_s = (time.perf_counter() - t) / 2
+    model_step_s = (time.perf_counter() - t) / 2
     del probe
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    if args.workers > 0:
+        n = 2 * args.workers + 1
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate,
+            sampler=RunSampler(len(dataset), args.batch_size, args.seed + 1, total_steps=n))
+        for i, _ in enumerate(loader):
+            if i == 0:  # from the first batch on: the workers' start is paid once per run
+                t = time.perf_counter()
+        data_step_s = (time.perf_counter() - t) / (n - 1)
+        del loader
+        step_s = max(model_step_s, data_step_s)
+    else:
+        data_step_s = sample_s * args.batch_size
+        step_s = model_step_s + data_step_s
     ipe = len(dataset) // args.batch_size
     planned = max(2, int(args.minutes * 60 / (step_s * 1.1)))
     epochs = max(2, math.ceil(planned / ipe))
     cfg = make_config(cfg, optim={"epochs": epochs}, time_limit_min=args.minutes)
     print(f"pretrain benchmark: {len(dataset)} tiles ({dataset.tiles.describe()}), "
-          f"{step_s:.2f} s/step measured, planning {epochs} epochs x {ipe} steps",
+          f"model {model_step_s:.3f} s/step, loader {data_step_s:.3f} s/batch with "
+          f"{args.workers} worker(s): planning {epochs} epochs x {ipe} steps",
           file=sys.stderr)
     summary = train(cfg, dataset=dataset)
 
     # Loss curve and log into the repo (small files).
-    shutil.copy(work / "run" / "loss_curve.png", results / "pretrain_loss_curve.png")
-    shutil.copy(work / "run" / "train_log.csv", results / "pretrain_train_log.csv")
+    shutil.copy(work / "run" / "loss_curve.png", results / f"pretrain{tag}_loss_curve.png")
+    shutil.copy(work / "run" / "train_log.csv", results / f"pretrain{tag}_train_log.csv")
     plot_monitor(__import__("pandas").read_csv(work / "run" / "train_log.csv"),
-                 results / "pretrain_monitor.png")
+                 results / f"pretrain{tag}_monitor.png")
 
     # Features: pre-trained teacher (through the exported checkpoint and iBOTViT, as a user
     # would load it) vs the identical architecture at the run's initial weights.
@@ -430,8 +503,9 @@ def main() -> int:
 
     set_seed(args.seed)
     _, init_teacher = build_ibot_pair(cfg["model"], cfg["head"])
-    feats = {"pre-trained": features(pre, images, args.global_size),
-             "random init": features(init_teacher.backbone, images, args.global_size),
+    feats = {"pre-trained": features(pre, images, args.global_size, args.device),
+             "random init": features(init_teacher.backbone, images, args.global_size,
+                                     args.device),
              "colour mean+std (6-d)": colour_features(images)}
     res = {name: probes(x, y, args.seed) for name, x in feats.items()}
     cmp = {key: paired(res["pre-trained"][key], res["random init"][key], args.seed)
@@ -450,22 +524,25 @@ def main() -> int:
 
     n = len(y)
     lines = [
-        "## pretrain: iBOT on real tiles, then probes on crc_he_9class",
+        "## pretrain" + (f" on a GPU ({args.device})" if on_gpu else "")
+        + ": iBOT on real tiles, then probes on crc_he_9class",
         "",
         f"Machine: {machine_description()}. "
         + ("Figures taken on a **shared** CPU (other agents running), so throughput is a "
            "lower bound." if os.cpu_count() and os.cpu_count() <= 4 else ""),
         "",
-        f"Command: `.venv/bin/python benchmarks/pretrain.py --minutes {args.minutes:g} "
-        f"--threads {args.threads}" + ("" if args.more_tiles else " --no-more-tiles") + "`"
-        + (" (quick smoke run)" if args.quick else ""),
+        "Command: `python benchmarks/pretrain.py "
+        + shlex.join(command_args(sys.argv[1:]))
+        + "`" + (" (quick smoke run)" if args.quick else ""),
         "",
         "**Pre-training.** "
         f"{args.arch} (patch {patch}), {args.precision} autocast, batch {args.batch_size}, "
-        f"{args.threads} torch thread(s), "
-        f"2×{args.global_size} px global + {args.local_number}×{args.local_size} px local crops, "
+        + (f"on {args.device} with {args.workers} loader workers, " if on_gpu else
+           f"{args.threads} torch thread(s), ")
+        + f"2×{args.global_size} px global + {args.local_number}×{args.local_size} px local crops, "
         f"heads {n_proto}/{n_proto} prototypes, teacher temperature {args.teacher_temp:g}, "
-        f"student 0.1, lr {args.lr:g} (after a 1-epoch warm-up, cosine), teacher momentum "
+        f"student 0.1, lr {args.lr:g} (after a {args.warmup_epochs:g}-epoch warm-up, cosine), "
+        f"teacher momentum "
         f"{args.momentum_teacher:g} → 1"
         + (f", KoLeo weight {args.koleo:g} on the student's backbone [CLS]" if args.koleo else
            "") + f"; {len(dataset)} tiles: "
@@ -485,11 +562,11 @@ def main() -> int:
         f"over the {n_proto} prototypes" + (" (**near-uniform: the collapse mode DINO/iBOT "
         "centering can fall into when sharpening has not yet taken hold**)"
         if h_end > 0.95 * math.log(n_proto) else "") + ". Peak RSS "
-        f"{peak_rss_mb():.0f} MiB. Curve: `benchmarks/results/pretrain_loss_curve.png`.",
+        f"{peak_rss_mb():.0f} MiB. Curve: `benchmarks/results/pretrain{tag}_loss_curve.png`.",
         "",
-        monitor_paragraph(log, n_proto),
+        monitor_paragraph(log, n_proto, tag),
         "",
-        WHY,
+        WHY_GPU if on_gpu else WHY,
         "",
         f"**Probes.** {n} crc_he_9class tiles, 8 classes × 5 (BACK, a single tile, dropped); "
         f"CLS features of the tiles resized to {args.global_size} px. kNN: cosine, "
@@ -524,7 +601,7 @@ def main() -> int:
                    f"{k} ({cmp[k]['diff']:+.3f})" for k in significant) + ".")
     lines += ["", verdict + " The test tiles mix two sources (32 CRC-VAL-HE-7K tiles and 8 "
               "Macenko-normalised NCT-CRC-HE-100K tiles), so part of any signal can be "
-              "stain/source rather than tissue class. Minutes of CPU pre-training on ~"
+              "stain/source rather than tissue class. Minutes of pre-training on ~"
               f"{len(dataset)} tiles is far from Phikon's 40M tiles; this checks the "
               "pipeline end to end, not the paper's claims."]
     md = "\n".join(lines)
@@ -536,10 +613,11 @@ def main() -> int:
               "paired": cmp, "n_test": n,
               "monitor": monitor_record(log),
               "sources": dict(zip(*np.unique(source, return_counts=True)))}
-    write_json(results / "pretrain.json", record)
+    write_json(results / f"pretrain{tag}.json", record)
+    write_text(results / f"pretrain{tag}.md", md)
     print(md)
     if not args.quick:
-        write_section("pretrain", md)
+        write_section(f"pretrain{tag}", md)
     print(json.dumps(record["results"], indent=1), file=sys.stderr)
     return 0
 

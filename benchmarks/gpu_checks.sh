@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The GPU checks, in one go on a CUDA machine (run from the repo root, project importable):
+#   1. the CUDA tests (pytest -m gpu: extraction, iBOT steps and resume, MIL fast path);
+#   2. benchmarks/pretrain.py on the GPU (iBOT's own multi-crop, ViT-S; section pretrain_gpu);
+#   3. benchmarks/extraction.py on the GPU (fp32/bf16/fp16, real slides; section extraction_gpu).
+# Logs and a tarball of the results go to $1 (default gpu_out). Each step has its own time
+# limit so that one failure does not eat the others' time.
+#   RLB_REAL_DATA=../shared/data bash benchmarks/gpu_checks.sh gpu_out
+set -u
+OUT=${1:-gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 RLB_REAL_DATA=${RLB_REAL_DATA:-../shared/data} HF_HUB_OFFLINE=1
+PY=${PYTHON:-python3}
+PRETRAIN_MIN=${PRETRAIN_MIN:-4.5}
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  "$PY" -c "import torch, timm, transformers; print('torch', torch.__version__, 'timm', timm.__version__, 'transformers', transformers.__version__)"
+  nproc; df -h /dev/shm | tail -1
+} > "$OUT/env.txt" 2>&1
+
+t=$(date +%s)
+timeout 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/cuda \
+  tests/models/feature_extractors/test_extractor_core.py > "$OUT/pytest_gpu.log" 2>&1
+echo "pytest rc=$? $(( $(date +%s) - t )) s" >> "$OUT/env.txt"
+
+t=$(date +%s)
+timeout 380 "$PY" benchmarks/pretrain.py --device cuda --workers 14 --threads 2 --tag gpu \
+  --arch vit_small --global-size 224 --local-size 96 --local-number 10 --batch-size 64 \
+  --warmup-epochs 10 --monitor-every 50 --minutes "$PRETRAIN_MIN" \
+  --data "$RLB_REAL_DATA" --workdir /tmp/rlb_pretrain_gpu > "$OUT/pretrain.log" 2>&1
+echo "pretrain rc=$? $(( $(date +%s) - t )) s" >> "$OUT/env.txt"
+
+t=$(date +%s)
+timeout 90 "$PY" benchmarks/extraction.py --device cuda --real-slides 20 > "$OUT/extraction.log" 2>&1
+echo "extraction rc=$? $(( $(date +%s) - t )) s" >> "$OUT/env.txt"
+
+tar czf "$OUT/results.tgz" BENCHMARKS.md benchmarks/results/pretrain_gpu* 2>> "$OUT/env.txt"
+cat "$OUT/env.txt"
