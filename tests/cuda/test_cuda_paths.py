@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 pytestmark = [
     pytest.mark.gpu,
@@ -64,13 +63,9 @@ def test_slide_extraction_on_gpu_matches_cpu(real_data, tmp_path):
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("imgs")
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        base = np.array([200, 120, 180]) if i % 2 else np.array([120, 80, 170])
-        arr = np.clip(base + rng.normal(0, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(root / f"tile{i}.png")
-    return str(root)
+    from pretrain_helpers import write_tiny_images
+
+    return write_tiny_images(tmp_path_factory.mktemp("imgs"))
 
 
 def _trainer(out: Path, image_dir: str, device: str, **over):
@@ -138,12 +133,9 @@ def test_ibot_resume_on_gpu_reproduces_next_step(tmp_path, image_dir):
 
 @pytest.mark.parametrize("model", ["MeanPool", "Chowder", "ABMIL", "DSMIL"])
 def test_ensemble_fast_path_on_gpu_equals_plain_cpu_runs(model):
-    from cv_testlib import ToyCohort, trainer_cfg
-    from hydra.utils import instantiate
-    from torch.utils.data import Subset
+    from cv_testlib import ToyCohort, plain_run, trainer_cfg
 
     from rl_benchmarks.trainers.ensemble_trainer import EnsembleTrainer, preload
-    from rl_benchmarks.utils.seed import set_seed
     from rl_benchmarks.val_schemes import update_trainer_cfg
 
     cohort = ToyCohort(n_patients=24, n_tiles=10, ragged=True)
@@ -154,10 +146,7 @@ def test_ensemble_fast_path_on_gpu_equals_plain_cpu_runs(model):
     fast = EnsembleTrainer(update_trainer_cfg(cfg, {"device": "cuda"})).train(
         preload(cohort), tr_idx, va_idx, members, 3, seed=11)
     for (lr, wd), res in zip(members, fast):
-        set_seed(11)
-        plain = instantiate(update_trainer_cfg(cfg, {"learning_rate": lr, "weight_decay": wd}))
-        plain.seed = 11
-        tr_m, va_m = plain.train(Subset(cohort, tr_idx), Subset(cohort, va_idx))
+        plain, tr_m, va_m = plain_run(cfg, cohort, tr_idx, va_idx, lr, wd, seed=11)
         np.testing.assert_allclose(res.train_metrics["loss"], tr_m["loss"], rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(res.val_metrics["loss"], va_m["loss"], rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(res.val_logits, plain.val_outputs[1], rtol=1e-3, atol=1e-4)

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from PIL import Image
+from pretrain_helpers import write_tiny_images
 
 
 @pytest.fixture(scope="session")
 def image_dir(tmp_path_factory) -> str:
-    """Eight 40x40 H&E-ish images (pink/purple noise) plus one RGBA image."""
-    root = tmp_path_factory.mktemp("imgs")
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        base = np.array([200, 120, 180]) if i % 2 else np.array([120, 80, 170])
-        arr = np.clip(base + rng.normal(0, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(root / f"tile{i}.png")
-    return str(root)
+    """Eight 40x40 H&E-ish images (pink/purple noise)."""
+    return write_tiny_images(tmp_path_factory.mktemp("imgs"))

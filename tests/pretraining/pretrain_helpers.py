@@ -23,3 +23,18 @@ def tiny_config(output_dir, image_dir, **over) -> dict:
         else:
             cfg[key] = value
     return cfg
+
+
+def write_tiny_images(root) -> str:
+    """Eight 40x40 H&E-ish PNGs (pink or purple noise) in ``root``; returns its path."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        base = np.array([200, 120, 180]) if i % 2 else np.array([120, 80, 170])
+        arr = np.clip(base + rng.normal(0, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(Path(root) / f"tile{i}.png")
+    return str(root)

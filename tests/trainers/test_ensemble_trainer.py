@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from cv_testlib import ToyCohort, trainer_cfg
+from cv_testlib import ToyCohort, plain_run, trainer_cfg
 from hydra.utils import instantiate
-from torch.utils.data import Subset
 
 from rl_benchmarks.trainers.ensemble_trainer import (
     EnsembleTrainer,
@@ -64,10 +63,7 @@ def test_fast_members_equal_separate_plain_runs(model, task):
                                       keep_state=True)
     metric = "auc" if task == "binary" else "cindex"
     for (lr, wd), res in zip(members, fast):
-        set_seed(11)
-        trainer = instantiate(update_trainer_cfg(cfg, {"learning_rate": lr, "weight_decay": wd}))
-        trainer.seed = 11
-        tr_m, va_m = trainer.train(Subset(cohort, tr_idx), Subset(cohort, va_idx))
+        trainer, tr_m, va_m = plain_run(cfg, cohort, tr_idx, va_idx, lr, wd, seed=11)
         np.testing.assert_allclose(res.train_metrics["loss"], tr_m["loss"], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(res.val_metrics["loss"], va_m["loss"], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(res.val_metrics[metric], va_m[metric], atol=1e-6)

@@ -135,3 +135,19 @@ def pad_collate(batch):
         feats[i, : len(x)] = x
         mask[i, : len(x)] = False
     return feats, mask, torch.stack([y for _, y in batch])
+
+
+def plain_run(cfg, cohort, train_idx, val_idx, lr: float, wd: float, seed: int):
+    """One plain seeded TorchTrainer run of ``cfg`` at (lr, wd), built right after
+    ``set_seed(seed)`` as the fast path assumes: ``(trainer, train_metrics, val_metrics)``."""
+    from hydra.utils import instantiate
+    from torch.utils.data import Subset
+
+    from rl_benchmarks.utils.seed import set_seed
+    from rl_benchmarks.val_schemes import update_trainer_cfg
+
+    set_seed(seed)
+    trainer = instantiate(update_trainer_cfg(cfg, {"learning_rate": lr, "weight_decay": wd}))
+    trainer.seed = seed
+    tr_m, va_m = trainer.train(Subset(cohort, train_idx), Subset(cohort, val_idx))
+    return trainer, tr_m, va_m
