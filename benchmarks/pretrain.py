@@ -371,11 +371,11 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("benchmarks/pretrain.py: --device cuda but CUDA is not available", file=sys.stderr)
-        return 2
     tag = f"_{args.tag}" if args.tag else ""
     on_gpu = args.device.startswith("cuda")
+    if on_gpu and not torch.cuda.is_available():
+        print("benchmarks/pretrain.py: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
 
     from rl_benchmarks.pretraining.ibot import ARCHS, build_ibot_pair
     from rl_benchmarks.pretraining.train import (
@@ -459,7 +459,7 @@ def main() -> int:
         probe.train_step(batch)
     model_step_s = (time.perf_counter() - t) / 2
     del probe
-    if args.device.startswith("cuda"):
+    if on_gpu:
         torch.cuda.empty_cache()
     if args.workers > 0:
         n = 2 * args.workers + 1
