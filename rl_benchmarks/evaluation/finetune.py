@@ -344,7 +344,7 @@ def train(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         train_loss.append(float(np.mean(losses)) if losses else float("nan"))
         logits, labels = predict(model, val_loader, device, precision)
