@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import random
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +89,12 @@ class _LRU:
 
 class ImageTiles:
     """Tiles from image files: whole images, or a ``tile_size`` grid cut from each image
-    (images smaller than one tile are used whole)."""
+    (images smaller than one tile are used whole).
+
+    Only images that give several tiles are kept decoded (``cache_images`` of them, per
+    worker): a single-tile image is read once per epoch anyway, and letting it into the
+    cache would evict the large region images whose decoding the cache is there to save.
+    """
 
     def __init__(self, paths: Sequence[str | Path], tile_size: int | None = None,
                  min_tissue: float = 0.0, cache_images: int = 16):
@@ -118,6 +123,8 @@ class ImageTiles:
                     if tissue_fraction(crop) < min_tissue:
                         continue
                 self.items.append((i, box))
+        counts = Counter(i for i, _ in self.items)
+        self._multi = {i for i, n in counts.items() if n > 1}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -130,7 +137,7 @@ class ImageTiles:
             with Image.open(path) as im:
                 return to_rgb(im)
 
-        img = self._cache.get(i, load)
+        img = self._cache.get(i, load) if i in self._multi else load()
         return img if box is None else img.crop(box)
 
     def describe(self) -> str:

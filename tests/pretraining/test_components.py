@@ -3,6 +3,8 @@ augmentations and the tile sources."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -233,6 +235,34 @@ def test_image_tiles_grid_and_alpha(tmp_path):
     assert len(only_tissue) == 6
     with pytest.raises(FileNotFoundError, match="not a folder"):
         list_images([tmp_path / "missing"])
+
+
+def test_image_tiles_cache_only_multi_tile_images(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    Image.fromarray(big).save(tmp_path / "a_big.png")
+    for k in range(3):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(
+            tmp_path / f"b_small{k}.png")
+    tiles = ImageTiles(list_images([tmp_path]), tile_size=20, cache_images=1)
+    assert len(tiles) == 6 + 3
+    import rl_benchmarks.pretraining.data as data_mod
+
+    opened = []
+    real_open = data_mod.Image.open
+    monkeypatch.setattr(data_mod.Image, "open",
+                        lambda path, *a, **k: opened.append(Path(path).name) or real_open(path))
+    order = [0, 6, 1, 7, 2, 3, 8, 4, 5]  # small images interleaved with the big one's tiles
+    got = {i: np.asarray(tiles[i]) for i in order}
+    assert opened.count("a_big.png") == 1  # decoded once for its 6 tiles
+    for i in range(6):  # the big image's grid, row by row, whatever the cache did
+        r, c = divmod(i, 3)
+        np.testing.assert_array_equal(got[i], big[20 * r:20 * r + 20, 20 * c:20 * c + 20])
+    for k in range(3):
+        np.testing.assert_array_equal(
+            got[6 + k], np.asarray(Image.open(tmp_path / f"b_small{k}.png")))
+    # the single-tile images never entered the one-slot cache: the big image stayed
+    assert list(tiles._cache.items) == [0]
 
 
 def test_run_sampler_resumes_mid_epoch():
