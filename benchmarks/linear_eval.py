@@ -172,9 +172,12 @@ def main() -> None:
         "(the reference also passes `n_jobs=num_workers` to SGDClassifier, which threads "
         "the one-vs-rest classes of a multi-class problem, but not a binary one).",
         f"* Results: every reference column of the two tables agrees (max abs diff {diff:.1e}).",
-        f"* Load average before/after: {load0[0]:.1f} / {load1[0]:.1f} "
-        "on 2 cores: a machine shared with other jobs. Each baseline portion ran right after "
-        "ours, under the same load; parallel fitting only pays when cores are free.",
+        f"* Load average before/after: {load0[0]:.1f} / {load1[0]:.1f} on "
+        f"{os.cpu_count()} cores (the benchmark's own processes included)"
+        + (": a machine shared with other jobs" if max(load0[0], load1[0]) > 0.75 * (
+            os.cpu_count() or 1) else "")
+        + ". Each baseline portion ran right after ours, under the same load; parallel "
+        "fitting only pays when cores are free.",
         "",
         "Wall seconds per portion (baseline = SGD fits + bootstrap), and CPU seconds of all "
         "processes involved:",
