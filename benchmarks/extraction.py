@@ -17,6 +17,7 @@ folder (JPEG and JPEG 2000 tiles) instead of the generated TIFF.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -36,7 +37,12 @@ from rl_benchmarks.extraction.slides import (  # noqa: E402
 from rl_benchmarks.models.feature_extractors import create_extractor  # noqa: E402
 from rl_benchmarks.slides import tile_slide  # noqa: E402
 from rl_benchmarks.slides.synthetic import write_pyramidal_tiff  # noqa: E402
-from rl_benchmarks.utils.bench import machine_description, write_section  # noqa: E402
+from rl_benchmarks.utils.bench import (  # noqa: E402
+    command_line,
+    machine_description,
+    real_data_root,
+    write_section,
+)
 
 
 def make_slide(folder: Path, side: int) -> tuple[Path, np.ndarray]:
@@ -52,22 +58,21 @@ def make_slide(folder: Path, side: int) -> tuple[Path, np.ndarray]:
     return path, coords
 
 
-REAL_SLIDES = {"jpeg": "CMU-1-Small-Region.svs", "j2k": "tcga-cr-7395-01a-01-ts1.svs"}
+#: --real-kinds: the real SVS slide of each kind, and how the report names it.
+REAL_SLIDES = {"jpeg": ("CMU-1-Small-Region.svs", "CMU-1-Small-Region, JPEG"),
+               "j2k": ("tcga-cr-7395-01a-01-ts1.svs", "tcga-cr-7395, JPEG 2000")}
 
 
 def real_slides(copies: int, folder: Path, kinds: list[str]) -> list[tuple[Path, np.ndarray]]:
     """``copies`` links to each real SVS slide of the shared data (``RLB_REAL_DATA``), with
     their tissue coords at 0.5 mpp (224 px): every copy is a separate slide to the
     pipeline (its own reader and tile cache), as distinct slides of a cohort are."""
-    import os
-
-    root = Path(os.environ.get("RLB_REAL_DATA")
-                or Path(__file__).resolve().parents[2] / "shared" / "data")
+    root = real_data_root()
     if not (root / "slides" / "svs").is_dir():
         raise SystemExit(f"--real-slides: no slides/svs under {root} (set RLB_REAL_DATA)")
     jobs = []
-    for src in (REAL_SLIDES[k] for k in kinds):
-        path = Path(root) / "slides" / "svs" / src
+    for src, _ in (REAL_SLIDES[k] for k in kinds):
+        path = root / "slides" / "svs" / src
         coords = tile_slide(path, tile_size=224, target_mpp=0.5, default_mpp=0.5).coords
         for k in range(copies):
             link = folder / f"{path.stem}_{k:03d}.svs"
@@ -80,15 +85,11 @@ def real_mosaic(folder: Path) -> Path:
     """An 11,100 × 11,868 px pyramidal JPEG TIFF (q80, 256-px tiles, 0.499 mpp) tiled from
     the real pixels of CMU-1-Small-Region.svs, mirrored 5 × 4: real H&E to decode, in a
     slide large enough that a pass over its tiles overflows OpenSlide's tile cache."""
-    import os
-
     import openslide
 
     from rl_benchmarks.slides.synthetic import write_pyramidal_tiff
 
-    root = Path(os.environ.get("RLB_REAL_DATA")
-                or Path(__file__).resolve().parents[2] / "shared" / "data")
-    with openslide.OpenSlide(str(root / "slides" / "svs" / "CMU-1-Small-Region.svs")) as s:
+    with openslide.OpenSlide(str(real_data_root() / "slides" / "svs" / REAL_SLIDES["jpeg"][0])) as s:
         img = np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB"))
     rows = [np.concatenate([img[:: -1 if r % 2 else 1, :: -1 if c % 2 else 1]
                             for c in range(5)], axis=1) for r in range(4)]
@@ -196,8 +197,8 @@ def main() -> None:
         kinds = args.real_kinds.split(",")
         jobs = real_slides(args.real_slides, work, kinds)
         n_unique = sum(len(c) for _, c in jobs) // args.real_slides
-        names = {"jpeg": "CMU-1-Small-Region, JPEG", "j2k": "tcga-cr-7395, JPEG 2000"}
-        source = (f"{args.real_slides} copies of " + " and ".join(names[k] for k in kinds)
+        source = (f"{args.real_slides} copies of "
+                  + " and ".join(REAL_SLIDES[k][1] for k in kinds)
                   + f": {n_unique} distinct tissue tiles at 0.5 mpp, "
                   f"{sum(len(c) for _, c in jobs)} in all")
     else:
@@ -231,13 +232,7 @@ def main() -> None:
     title = ("Feature extraction on a GPU" if gpu else
              "Feature extraction: pipeline vs. model alone")
     md = [
-        f"## {title} (`benchmarks/extraction.py" + (f" --device {args.device}" if gpu else "")
-        + (f" --real-slides {args.real_slides} --real-kinds {args.real_kinds}"
-           if args.real_slides and not args.slide else "")
-        + (" --real-mosaic" if args.real_mosaic else
-           f" --slide {Path(args.slide).name}" if args.slide else "")
-        + (f" --repeat {args.repeat}" if args.slide else "")
-        + "`)",
+        f"## {title} (`{command_line('benchmarks/extraction.py', sys.argv[1:])}`)",
         "",
         f"Machine: {machine_description()}.",
         f"Slides: {source}; {n_big} tiles per ViT-B measurement, batch {batch}, "

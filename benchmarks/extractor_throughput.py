@@ -14,7 +14,6 @@ Results go to the ``extractor_throughput`` section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -26,26 +25,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rl_benchmarks.models.feature_extractors import create_extractor  # noqa: E402
-from rl_benchmarks.utils.bench import machine_description, peak_rss_mb, write_section  # noqa: E402
+from rl_benchmarks.utils.bench import (  # noqa: E402
+    machine_description,
+    peak_rss_mb,
+    real_data_root,
+    write_section,
+)
 
 
 def real_tiles(n: int) -> tuple[np.ndarray, str]:
     """Up to ``n`` real 224-px tiles (uint8 NHWC) cycled to ``n``, and where they came from."""
     from PIL import Image
 
-    for root in (os.environ.get("RLB_REAL_DATA"),
-                 Path(__file__).resolve().parent.parent.parent / "shared" / "data"):
-        if not root:
-            continue
-        folder = Path(root) / "tiles" / "crc_he_9class"
-        files = sorted(folder.rglob("*.png")) + sorted(folder.rglob("*.tif"))
-        files = [f for f in files if f.is_file()]
-        if files:
-            arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
-            arrays = [a for a in arrays if a.shape == (224, 224, 3)]
-            if arrays:
-                picked = [arrays[i % len(arrays)] for i in range(n)]
-                return np.stack(picked), f"{len(arrays)} real CRC-HE tiles (shared data, tiles/crc_he_9class)"
+    folder = real_data_root() / "tiles" / "crc_he_9class"
+    files = [f for f in sorted(folder.rglob("*.png")) + sorted(folder.rglob("*.tif"))
+             if f.is_file()]
+    arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    arrays = [a for a in arrays if a.shape == (224, 224, 3)]
+    if arrays:
+        picked = [arrays[i % len(arrays)] for i in range(n)]
+        return np.stack(picked), f"{len(arrays)} real CRC-HE tiles (shared data, tiles/crc_he_9class)"
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (n, 224, 224, 3), dtype=np.uint8), "random pixels"
 

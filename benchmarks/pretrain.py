@@ -32,7 +32,6 @@ import argparse
 import json
 import math
 import os
-import shlex
 import shutil
 import sys
 import time
@@ -48,8 +47,9 @@ RESULTS = REPO / "benchmarks" / "results"
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    default_data = os.environ.get("RLB_REAL_DATA", str(REPO.parent / "shared" / "data"))
-    p.add_argument("--data", default=default_data)
+    from rl_benchmarks.utils.bench import real_data_root
+
+    p.add_argument("--data", default=str(real_data_root()))
     p.add_argument("--minutes", type=float, default=8.0, help="pre-training budget (wall clock)")
     p.add_argument("--arch", default="vit_tiny", choices=["vit_test", "vit_tiny", "vit_small"])
     p.add_argument("--batch-size", type=int, default=32)
@@ -295,6 +295,16 @@ WHY_GPU = (
 )
 
 
+#: The runs recorded in BENCHMARKS.md, by their command, and why their settings are what
+#: they are. Another command gets no such paragraph (the reasons would not be its own).
+RATIONALE = {
+    "python benchmarks/pretrain.py --minutes 30 --threads 2": WHY,
+    "python benchmarks/pretrain.py --device cuda --workers 14 --threads 2 --tag gpu --arch "
+    "vit_small --global-size 224 --local-size 96 --local-number 10 --batch-size 64 "
+    "--warmup-epochs 10 --monitor-every 50 --minutes 4.5": WHY_GPU,
+}
+
+
 def monitor_paragraph(log, n_proto: int, tag: str = "") -> str:
     """Collapse-monitor figures of the teacher at the start (= random init) and the end."""
     if "feat_rank" not in log.columns:
@@ -353,19 +363,6 @@ def plot_monitor(log, path: Path) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def command_args(argv: list[str], local: tuple[str, ...] = ("--data", "--workdir")) -> list[str]:
-    """``argv`` without the options that name local paths (and their values)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a in local:
-            skip = True
-        elif not a.startswith(tuple(f"{o}=" for o in local)):
-            out.append(a)
-    return out
-
-
 def main() -> int:
     args = parse_args()
     import torch
@@ -385,8 +382,15 @@ def main() -> int:
         setup_distributed,
         train,
     )
-    from rl_benchmarks.utils.bench import machine_description, peak_rss_mb, write_section
+    from rl_benchmarks.utils.bench import (
+        command_line,
+        machine_description,
+        peak_rss_mb,
+        write_section,
+    )
     from rl_benchmarks.utils.io import write_json, write_text
+
+    command = command_line("benchmarks/pretrain.py", sys.argv[1:])
 
     data = Path(args.data)
     if not (data / "tiles" / "crc_he_9class" / "labels.csv").is_file():
@@ -531,9 +535,7 @@ def main() -> int:
         + ("Figures taken on a **shared** CPU (other agents running), so throughput is a "
            "lower bound." if os.cpu_count() and os.cpu_count() <= 4 else ""),
         "",
-        "Command: `python benchmarks/pretrain.py "
-        + shlex.join(command_args(sys.argv[1:]))
-        + "`" + (" (quick smoke run)" if args.quick else ""),
+        f"Command: `{command}`" + (" (quick smoke run)" if args.quick else ""),
         "",
         "**Pre-training.** "
         f"{args.arch} (patch {patch}), {args.precision} autocast, batch {args.batch_size}, "
@@ -566,7 +568,7 @@ def main() -> int:
         "",
         monitor_paragraph(log, n_proto, tag),
         "",
-        WHY_GPU if on_gpu else WHY,
+        RATIONALE.get(command, ""),
         "",
         f"**Probes.** {n} crc_he_9class tiles, 8 classes × 5 (BACK, a single tile, dropped); "
         f"CLS features of the tiles resized to {args.global_size} px. kNN: cosine, "

@@ -22,6 +22,29 @@ _HEADER = (
 )
 
 
+def real_data_root() -> Path:
+    """The real slides and tiles: ``$RLB_REAL_DATA``, else ``../shared/data`` beside the
+    repository (as ``.ci/run`` sets it). Not checked: callers say what they miss."""
+    return Path(os.environ.get("RLB_REAL_DATA") or REPO_ROOT.parent / "shared" / "data")
+
+
+def command_line(script: str, argv: list[str],
+                 local: tuple[str, ...] = ("--data", "--workdir")) -> str:
+    """``python <script> <argv>`` as run, without the options that name this machine's
+    paths (``local``, with their values): the command a report quotes."""
+    import shlex
+
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in local:
+            skip = True
+        elif not a.startswith(tuple(f"{o}=" for o in local)):
+            kept.append(a)
+    return " ".join(["python", script, *map(shlex.quote, kept)])
+
+
 def machine_description() -> str:
     """One line: CPU model, cores, RAM, torch version and threads, date."""
     import torch
