@@ -104,11 +104,11 @@ def extract_tile_dataset(
     todo = [c for c in range(n_chunks) if not chunk_path(c).is_file()]
     skipped = n_chunks - len(todo)
     device = getattr(extractor, "device", torch.device("cpu"))
-    bar = tqdm(total=len(paths), unit="tile", desc="extract tiles", disable=not progress,
-               initial=sum(chunk_len(c) for c in range(n_chunks) if c not in set(todo)))
     # One DataLoader (one set of workers) over every tile still to do, in order; features
     # are cut into chunks as they arrive and each chunk is written atomically.
     indices = [i for c in todo for i in range(c * chunk_size, c * chunk_size + chunk_len(c))]
+    bar = tqdm(total=len(paths), unit="tile", desc="extract tiles", disable=not progress,
+               initial=len(paths) - len(indices))
     loader = DataLoader(
         Subset(TileImages(paths, size), indices), batch_size=batch_size, shuffle=False,
         num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
