@@ -133,6 +133,9 @@ def test_ibot_resume_on_gpu_reproduces_next_step(tmp_path, image_dir):
 
 @pytest.mark.parametrize("model", ["MeanPool", "Chowder", "ABMIL", "DSMIL"])
 def test_ensemble_fast_path_on_gpu_equals_plain_cpu_runs(model):
+    """The stacked-member (vmap) fast path. The fused tile layer of ABMIL/Chowder
+    (``_fused_forward``) runs only where the features live (the CPU), so it is not what
+    runs here."""
     from cv_testlib import ToyCohort, plain_run, trainer_cfg
 
     from rl_benchmarks.trainers.ensemble_trainer import EnsembleTrainer, preload
