@@ -473,15 +473,18 @@ def _fused_forward(
         return abmil
     if name != "Chowder" or int(getattr(base, "out_features", 0)) != 1:
         return None
+    from rl_benchmarks.models.slide_models.utils.tile_layers import MaskedLinear
+
+    # the reference's flat tile MLP: [MaskedLinear, activation, Linear] (one hidden layer)
     layers = base.score_model.hidden_layers
-    if (len(layers) != 2 or not isinstance(layers[0], nn.ModuleList) or len(layers[0]) != 2
-            or type(layers[1]) is not nn.Linear or buffers):
+    if (len(layers) != 3 or type(layers[0]) is not MaskedLinear
+            or type(layers[2]) is not nn.Linear or buffers):
         return None
-    act = layers[0][1]
-    mask_value = float(layers[0][0].mask_value)
+    act = layers[1]
+    mask_value = float(layers[0].mask_value)
     n_top, n_bottom = int(base.n_top), int(base.n_bottom)
     k = n_top + n_bottom
-    p1, p2 = "score_model.hidden_layers.0.0.", "score_model.hidden_layers.1."
+    p1, p2 = "score_model.hidden_layers.0.", "score_model.hidden_layers.2."
     selected = vmap(one, in_dims=(0, 0, 0, None))
     whole = vmap(one, in_dims=(0, 0, None, None))
 

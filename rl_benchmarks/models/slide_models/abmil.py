@@ -13,6 +13,7 @@ from .utils import (
     GatedAttention,
     TilesMLP,
     prepare_mask,
+    register_legacy_keys,
     scores_with_nan_padding,
     split_features,
 )
@@ -55,6 +56,7 @@ class ABMIL(nn.Module):
             activation=mlp_activation,
             bias=bias,
         )
+        register_legacy_keys(self)
 
     def score_model(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attention logits (B, N, 1) of feature columns ``x`` (-inf at padded tiles)."""

@@ -14,6 +14,7 @@ from .utils import (
     ExtremeLayer,
     TilesMLP,
     prepare_mask,
+    register_legacy_keys,
     score_model_tile_scores,
     split_features,
 )
@@ -74,6 +75,7 @@ class Chowder(nn.Module):
         )
         self.score_model.apply(_xavier_init)
         self.mlp.apply(_xavier_init)
+        register_legacy_keys(self)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, metadata_cols + D), (B, N, 1) -> logits (B, out_features)."""

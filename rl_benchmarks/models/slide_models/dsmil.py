@@ -13,6 +13,7 @@ from .utils import (
     ExtremeLayer,
     TilesMLP,
     prepare_mask,
+    register_legacy_keys,
     score_model_tile_scores,
     scores_with_nan_padding,
     split_features,
@@ -24,15 +25,16 @@ _OUT_LOGITS = ("mean", "max", "bag")
 class DSMIL(nn.Module):
     """Dual-stream MIL.
 
-    * Max branch: ``TilesMLP(D -> C)`` scores every tile; the top tile of each class (the
-      "critical" tile) gives ``s_max`` (B, C).
-    * Bag branch: queries ``Q = TilesMLP(D -> d_tiles_queries)``; per class c the logits
-      ``Q_i . Q_critical(c)`` (no scaling) are soft-maxed over the real tiles and pool the
-      values into ``b_c``; a shared ``MLP(D_v -> 1)`` gives ``s_bag`` (B, C).
+    * Max branch: ``tiles_scores``, a ``TilesMLP(D -> C)``, scores every tile; the top tile
+      of each class (the "critical" tile) gives ``s_max`` (B, C).
+    * Bag branch: queries ``Q = tiles_queries(x)``, a ``TilesMLP(D -> d_tiles_queries)``;
+      per class c the logits ``Q_i . Q_critical(c)`` (no scaling) are soft-maxed over the
+      real tiles and pool the values into ``b_c``; a shared ``MLP(D_v -> 1)`` gives
+      ``s_bag`` (B, C).
     * Values: the raw features (D_v = D) when ``passing_values=False`` (the reference
-      config), ``TilesMLP(D -> d_tiles_values)`` when True. (The reference docstring says
-      the opposite; its code, followed here, does this.) The value MLP is always built, as
-      in the reference, so the parameter counts match.
+      config), ``tiles_values``, a ``TilesMLP(D -> d_tiles_values)``, when True. (The
+      reference docstring says the opposite; its code, followed here, does this.) The value
+      MLP is always built, as in the reference, so the parameter counts match.
     * Output (``out_logits``): ``"mean"`` = (s_max + s_bag) / 2, or ``"max"`` / ``"bag"``
       alone. Shape (B, out_features) for any number of classes.
     """
@@ -62,14 +64,14 @@ class DSMIL(nn.Module):
         self.metadata_cols = metadata_cols
         self.passing_values = passing_values
         self.out_logits = out_logits
-        self.score_model = TilesMLP(
+        self.tiles_scores = TilesMLP(
             in_features, out_features=out_features, hidden=tiles_scores_mlp_hidden, bias=bias
         )
         self.extreme_layer = ExtremeLayer(n_top=1, n_bottom=0, return_indices=True)
-        self.tiles_values_mlp = TilesMLP(
+        self.tiles_values = TilesMLP(
             in_features, out_features=d_tiles_values, hidden=tiles_values_mlp_hidden, bias=bias
         )
-        self.tiles_queries_mlp = TilesMLP(
+        self.tiles_queries = TilesMLP(
             in_features, out_features=d_tiles_queries, hidden=tiles_queries_mlp_hidden, bias=bias
         )
         d_values = d_tiles_values if passing_values else in_features
@@ -81,6 +83,12 @@ class DSMIL(nn.Module):
             activation=mlp_activation,
             bias=bias,
         )
+        register_legacy_keys(self)
+
+    @property
+    def score_model(self) -> TilesMLP:
+        """The instance classifier ``tiles_scores`` (the name Chowder uses for its own)."""
+        return self.tiles_scores
 
     def _branches(
         self, features: torch.Tensor, mask: torch.Tensor | None
@@ -88,9 +96,9 @@ class DSMIL(nn.Module):
         """Tile scores (B,N,C), s_max (B,C), attention (B,N,C) and s_bag (B,C)."""
         x = split_features(features, self.metadata_cols)
         mask = prepare_mask(mask, features)
-        scores = self.score_model(x, mask)  # (B, N, C)
+        scores = self.tiles_scores(x, mask)  # (B, N, C)
         s_max, idx = self.extreme_layer(scores, mask)  # (B, 1, C) each
-        queries = self.tiles_queries_mlp(x, mask)  # (B, N, dq)
+        queries = self.tiles_queries(x, mask)  # (B, N, dq)
         critical = idx.squeeze(1).clamp_min(0)  # (B, C); -1 only for a slide without tiles
         q_star = torch.gather(
             queries, 1, critical.unsqueeze(-1).expand(-1, -1, queries.shape[-1])
@@ -99,7 +107,7 @@ class DSMIL(nn.Module):
         if mask is not None:
             logits = logits.masked_fill(mask, float("-inf"))
         attention = torch.softmax(logits, dim=1)
-        values = self.tiles_values_mlp(x, mask) if self.passing_values else x
+        values = self.tiles_values(x, mask) if self.passing_values else x
         bag = torch.matmul(attention.transpose(1, 2), values)  # (B, C, Dv)
         s_bag = self.mlp(bag).squeeze(-1)  # (B, C)
         return scores, s_max.squeeze(1), attention, s_bag

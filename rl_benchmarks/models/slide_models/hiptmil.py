@@ -5,17 +5,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .utils import prepare_mask, scores_with_nan_padding, split_features
+from .utils import prepare_mask, register_legacy_keys, scores_with_nan_padding, split_features
 
 
 class HIPTMIL(nn.Module):
     """HIPT's slide-level transformer with gated attention pooling.
 
     ``phi = Linear(D, 192) + ReLU + Dropout(0.25)``; two post-norm transformer layers
-    (d_model 192, 3 heads, feed-forward 192, dropout 0.25, ReLU); gated attention
+    (d_model 192, 3 heads, feed-forward 192, dropout 0.25, ReLU); gated attention ``gat``
     (``Linear+Tanh+Dropout`` times ``Linear+Sigmoid+Dropout``, then ``Linear(192, 1)``) with a
     softmax over the real tiles; ``rho = Linear(192, 192) + ReLU + Dropout(0.25)``; a linear
-    classifier.
+    classifier. Module names (``global_phi``, ``global_transformer``, ``gat``,
+    ``global_rho``, ``classifier``) are the reference's.
 
     Unlike the reference (batch size 1, mask ignored) any batch size works: padded tiles are
     excluded from the transformer's keys and from the pooling, so padding never changes a
@@ -40,9 +41,10 @@ class HIPTMIL(nn.Module):
         self.global_transformer = nn.TransformerEncoder(
             layer, num_layers=2, enable_nested_tensor=False
         )
-        self.global_attn_pool = _GatedAttentionNet(d, dropout=0.25)
+        self.gat = _GatedAttentionNet(d, dropout=0.25)
         self.global_rho = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Dropout(0.25))
         self.classifier = nn.Linear(d, out_features)
+        register_legacy_keys(self)
 
     def _attention(
         self, features: torch.Tensor, mask: torch.Tensor | None
@@ -53,7 +55,7 @@ class HIPTMIL(nn.Module):
         pad = None if mask is None else mask.reshape(mask.shape[0], mask.shape[1])
         h = self.global_phi(x)
         h = self.global_transformer(h, src_key_padding_mask=pad)
-        logits = self.global_attn_pool(h)  # (B, N, 1)
+        logits = self.gat(h)  # (B, N, 1)
         if mask is not None:
             logits = logits.masked_fill(mask.reshape(logits.shape), float("-inf"))
         return h, torch.softmax(logits, dim=1)
@@ -79,7 +81,7 @@ class HIPTMIL(nn.Module):
         parts = {
             "global_phi": self.global_phi,
             "global_transformer": self.global_transformer,
-            "global_attn_pool": self.global_attn_pool,
+            "gat": self.gat,
             "global_rho": self.global_rho,
             "classifier": self.classifier,
         }

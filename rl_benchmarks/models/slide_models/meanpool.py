@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .utils import MLP, prepare_mask, split_features
+from .utils import MLP, prepare_mask, register_legacy_keys, split_features
 
 
 class MeanPool(nn.Module):
@@ -34,6 +34,7 @@ class MeanPool(nn.Module):
         self.out_features = out_features
         self.metadata_cols = metadata_cols
         self.mlp = MLP(in_features, out_features, hidden, dropout, activation, bias)
+        register_legacy_keys(self)
 
     def pool(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The (B, D) mean of the real tiles (a matrix product: the features are not copied)."""

@@ -14,6 +14,7 @@ from .utils import (
     NystromAttention,
     SelfAttention,
     prepare_mask,
+    register_legacy_keys,
     scores_with_nan_padding,
     split_features,
 )
@@ -32,7 +33,7 @@ _PPEG_KINDS = ("full", "depthwise")
 
 
 class _Block(nn.Module):
-    """``x + Attention(LayerNorm(x))`` (no MLP sub-layer, as in the reference).
+    """``x + attn(norm1(x))`` (no MLP sub-layer, as in the reference).
 
     ``attention_type="original"``: multi-head self-attention (qkv without bias);
     ``"nystrom"``: :class:`NystromAttention` (head size ``dim // num_heads`` by default,
@@ -52,7 +53,7 @@ class _Block(nn.Module):
         residual_conv_kernel: int = 33,
     ) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim)
         self.attention_type = attention_type
         if attention_type == "original":
             self.attn: nn.Module = SelfAttention(
@@ -75,7 +76,7 @@ class _Block(nn.Module):
             )
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
-        return x + self.attn(self.norm(x), pad)
+        return x + self.attn(self.norm1(x), pad)
 
     def forward_with_attention(
         self, x: torch.Tensor, pad: torch.Tensor | None = None
@@ -85,13 +86,14 @@ class _Block(nn.Module):
                 "TransMIL.tile_scores needs attention_type='original' in kw_agg; the Nystrom "
                 "attention has no explicit attention matrix"
             )
-        out, attn = self.attn(self.norm(x), pad, return_attention=True)
+        out, attn = self.attn(self.norm1(x), pad, return_attention=True)
         return x + out, attn
 
 
 class PPEG(nn.Module):
     """Pyramid position encoding generator: ``x + conv7(x) + conv5(x) + conv3(x)`` on the
-    square grid of tokens.
+    square grid of tokens (the reference's ``group_conv3`` 7x7, ``group_conv2`` 5x5 and
+    ``group_conv1`` 3x3, all with "same" padding and a bias).
 
     ``kind="full"`` (default, the reference and the paper's numbers): full ``Conv2d(D, D)``
     convolutions (about 49M parameters at D=768). ``kind="depthwise"`` (the original
@@ -104,13 +106,15 @@ class PPEG(nn.Module):
             raise ValueError(f"TransMIL: ppeg={kind!r}; expected one of {_PPEG_KINDS}")
         self.kind = kind
         groups = dim if kind == "depthwise" else 1
-        self.proj = nn.Conv2d(dim, dim, 7, 1, 7 // 2, groups=groups)
-        self.proj1 = nn.Conv2d(dim, dim, 5, 1, 5 // 2, groups=groups)
-        self.proj2 = nn.Conv2d(dim, dim, 3, 1, 3 // 2, groups=groups)
+        # built 7, 5, 3 (as before the rename): the same random init under a seed
+        self.group_conv3 = nn.Conv2d(dim, dim, 7, 1, 7 // 2, groups=groups)
+        self.group_conv2 = nn.Conv2d(dim, dim, 5, 1, 5 // 2, groups=groups)
+        self.group_conv1 = nn.Conv2d(dim, dim, 3, 1, 3 // 2, groups=groups)
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         """(B, D, H, W) -> (B, D, H, W)."""
-        return grid + self.proj(grid) + self.proj1(grid) + self.proj2(grid)
+        # summed 7, 5, 3 as before the rename: the same float rounding
+        return grid + self.group_conv3(grid) + self.group_conv2(grid) + self.group_conv1(grid)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}"
@@ -138,8 +142,10 @@ class TransMIL(nn.Module):
 
     Steps: optional ``Linear(D, proj_dim)`` (+ Dropout ``proj_dropout``); *squaring*: the n
     tiles are completed to ``ceil(sqrt(n))**2`` tokens by copies of the first ones; a learnable
-    CLS token (zeros); a correlation ``_Block``; PPEG on the square grid; an aggregation
-    ``_Block``; LayerNorm of the CLS token; ``Linear(dim, out_features)``.
+    CLS token (zeros); a correlation ``_Block`` (``cor``); PPEG on the square grid
+    (``pos_enc``); an aggregation ``_Block`` (``agg``); LayerNorm of the CLS token
+    (``norm``); ``Linear(dim, out_features)`` (``head``). These are the reference's module
+    names, so its checkpoints load as they are.
     ``kw_cor`` / ``kw_agg`` configure the two blocks (``attention_type``: "original" or
     "nystrom", ``num_heads``, ``dropout``, and the Nystrom keys ``dim_head``, ``num_landmarks``,
     ``pinv_iterations``, ``residual``, ``residual_conv_kernel``). ``position_encoding`` is
@@ -185,12 +191,13 @@ class TransMIL(nn.Module):
                 nn.Linear(in_features, proj_dim), nn.Dropout(proj_dropout or 0.0)
             )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.layer1 = _Block(dim, **dict(kw_cor or {}))
-        self.pos_layer = PPEG(dim, kind=ppeg) if position_encoding == "PPEG" else None
-        self.layer2 = _Block(dim, **dict(kw_agg or {}))
+        self.cor = _Block(dim, **dict(kw_cor or {}))
+        self.pos_enc = PPEG(dim, kind=ppeg) if position_encoding == "PPEG" else None
+        self.agg = _Block(dim, **dict(kw_agg or {}))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, out_features)
         self.apply(_init_weights)
+        register_legacy_keys(self)
 
     # ------------------------------------------------------------------ layout
     def _layout(self, n_tiles: int, mask: torch.Tensor | None, device: torch.device) -> _Layout:
@@ -223,17 +230,17 @@ class TransMIL(nn.Module):
         return _Layout(side=side, pad=token_pad, canvas_pos=canvas_pos, source=source)
 
     def _position_encoding(self, tokens: torch.Tensor, layout: _Layout) -> torch.Tensor:
-        if self.pos_layer is None:
+        if self.pos_enc is None:
             return tokens
         b, length, d = tokens.shape
         s = layout.side
         if layout.canvas_pos is None:
             grid = tokens.transpose(1, 2).reshape(b, d, s, s)
-            return self.pos_layer(grid).flatten(2).transpose(1, 2)
+            return self.pos_enc(grid).flatten(2).transpose(1, 2)
         index = layout.canvas_pos.unsqueeze(-1).expand(-1, -1, d)
         canvas = tokens.new_zeros(b, s * s + 1, d).scatter(1, index, tokens)
         grid = canvas[:, : s * s].transpose(1, 2).reshape(b, d, s, s)
-        out = self.pos_layer(grid).flatten(2).transpose(1, 2)  # (B, S*S, d)
+        out = self.pos_enc(grid).flatten(2).transpose(1, 2)  # (B, S*S, d)
         return torch.gather(out, 1, index.clamp(max=s * s - 1))
 
     def _encode(
@@ -251,14 +258,14 @@ class TransMIL(nn.Module):
         else:
             tokens = torch.gather(x, 1, layout.source.unsqueeze(-1).expand(-1, -1, d))
         h = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)
-        h = self.layer1(h, layout.pad)
+        h = self.cor(h, layout.pad)
         h = torch.cat([h[:, :1], self._position_encoding(h[:, 1:], layout)], dim=1)
         return h, layout
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, metadata_cols + D), (B, N, 1) -> logits (B, out_features)."""
         h, layout = self._encode(features, mask)
-        h = self.layer2(h, layout.pad)
+        h = self.agg(h, layout.pad)
         return self.head(self.norm(h[:, 0]))
 
     def tile_scores(
@@ -268,7 +275,7 @@ class TransMIL(nn.Module):
         heads, (B, N); a tile copied by the squaring gets the sum over its copies. NaN at
         padded tiles. Needs ``attention_type="original"``; ``class_index`` is ignored."""
         h, layout = self._encode(features, mask)
-        _, attn = self.layer2.forward_with_attention(h, layout.pad)
+        _, attn = self.agg.forward_with_attention(h, layout.pad)
         cls_attn = attn[:, :, 0, 1:].mean(dim=1)  # (B, L)
         b, n_tiles = features.shape[0], features.shape[1]
         source = layout.source

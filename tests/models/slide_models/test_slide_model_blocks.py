@@ -59,10 +59,10 @@ def test_tiles_mlp_padding_is_zero_after_sigmoid():
     mlp = TilesMLP(4, 2, hidden=[3])
     x = torch.randn(1, 5, 4)
     mask = torch.tensor([[False, False, True, False, True]])[..., None]
-    hidden = torch.sigmoid(mlp.hidden_layers[0][0](x, mask))
+    hidden = torch.sigmoid(mlp.hidden_layers[0](x, mask))
     assert torch.equal(hidden[0, [2, 4]], torch.zeros(2, 3))
     out = mlp(x, mask)
-    torch.testing.assert_close(out[0, 2], mlp.hidden_layers[1].bias)  # 0 hidden -> bias
+    torch.testing.assert_close(out[0, 2], mlp.hidden_layers[2].bias)  # 0 hidden -> bias
 
 
 def test_extreme_layer_matches_numpy_sort():

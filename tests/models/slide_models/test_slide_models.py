@@ -105,11 +105,11 @@ def test_tutorial_chowder_and_depthwise_ppeg_counts():
         full = TransMIL(768)
         depthwise = TransMIL(768, ppeg="depthwise")
     assert sum(p.numel() for p in chowder.parameters()) == 23_170
-    n_full = sum(p.numel() for p in full.pos_layer.parameters())
-    n_dw = sum(p.numel() for p in depthwise.pos_layer.parameters())
+    n_full = sum(p.numel() for p in full.pos_enc.parameters())
+    n_dw = sum(p.numel() for p in depthwise.pos_enc.parameters())
     assert n_full == 768 * 768 * (49 + 25 + 9) + 3 * 768
     assert n_dw == 768 * (49 + 25 + 9) + 3 * 768
-    assert depthwise.pos_layer.kind == "depthwise" and full.pos_layer.kind == "full"
+    assert depthwise.pos_enc.kind == "depthwise" and full.pos_enc.kind == "full"
 
 
 def test_hipt_count_trainable_parts():
@@ -270,7 +270,7 @@ def test_transmil_tile_scores_count_duplicated_tiles_once_each_copy():
     with torch.no_grad():
         scores = model.tile_scores(feats, mask)
         h, layout = model._encode(feats, mask)
-        _, attn = model.layer2.forward_with_attention(h, layout.pad)
+        _, attn = model.agg.forward_with_attention(h, layout.pad)
     cls_self = attn[:, :, 0, 0].mean(1)
     torch.testing.assert_close(torch.nansum(scores, 1) + cls_self, torch.ones(2))
 
@@ -318,12 +318,12 @@ def test_dsmil_multiclass_matches_float64_reference():
     x = feats[0, :, 3:].double()
 
     def tiles_mlp(m, z):
-        hidden, last = m.hidden_layers[0][0], m.hidden_layers[1]
+        hidden, last = m.hidden_layers[0], m.hidden_layers[2]
         z = torch.sigmoid(z @ hidden.weight.double().T + hidden.bias.double())
         return z @ last.weight.double().T + last.bias.double()
 
-    scores = tiles_mlp(model.score_model, x)  # (N, C)
-    queries = tiles_mlp(model.tiles_queries_mlp, x)  # (N, dq)
+    scores = tiles_mlp(model.tiles_scores, x)  # (N, C)
+    queries = tiles_mlp(model.tiles_queries, x)  # (N, dq)
     expected = []
     for c in range(3):
         top = int(torch.argmax(scores[:, c]))
@@ -351,7 +351,7 @@ def test_chowder_matches_sorted_tile_scores():
 
 def _ref_block(block, x):
     """float64 pre-norm block with plain multi-head attention (no mask)."""
-    ln = block.norm
+    ln = block.norm1
     y = F.layer_norm(x, (x.shape[-1],), ln.weight.double(), ln.bias.double(), ln.eps)
     attn = block.attn
     n, d = y.shape
@@ -374,11 +374,11 @@ def test_transmil_matches_float64_reference(config, n_tiles):
     side = math.ceil(math.sqrt(n_tiles))
     x = torch.cat([x, x[: side * side - n_tiles]])
     h = torch.cat([model.cls_token[0].double(), x])
-    h = _ref_block(model.layer1, h)
+    h = _ref_block(model.cor, h)
     grid = h[1:].T.reshape(1, D, side, side)
-    ppeg = model.pos_layer
+    ppeg = model.pos_enc
     out = grid
-    for conv in (ppeg.proj, ppeg.proj1, ppeg.proj2):
+    for conv in (ppeg.group_conv3, ppeg.group_conv2, ppeg.group_conv1):
         out = out + F.conv2d(
             grid,
             conv.weight.double(),
@@ -387,7 +387,7 @@ def test_transmil_matches_float64_reference(config, n_tiles):
             groups=conv.groups,
         )
     h = torch.cat([h[:1], out.reshape(D, -1).T])
-    h = _ref_block(model.layer2, h)
+    h = _ref_block(model.agg, h)
     cls = F.layer_norm(h[0], (D,), model.norm.weight.double(), model.norm.bias.double())
     expected = cls @ model.head.weight.double().T + model.head.bias.double()
     with torch.no_grad():
@@ -405,7 +405,7 @@ def test_hipt_batch_matches_unbatched_reference_sequence():
         h = model.global_phi(x)
         for layer in model.global_transformer.layers:  # unbatched: (S, E)
             h = layer(h)
-        a = model.global_attn_pool(h)
+        a = model.gat(h)
         pooled = (torch.softmax(a, dim=0) * h).sum(0)
         expected = model.classifier(model.global_rho(pooled))
     torch.testing.assert_close(batched[1], expected, rtol=1e-5, atol=1e-5)

@@ -7,9 +7,11 @@ import torch
 from .attention import GatedAttention, NystromAttention, SelfAttention, _moore_penrose_iter_pinv
 from .extreme_layer import ExtremeLayer
 from .mlp import MLP, resolve_activation
+from .state_dict_keys import LEGACY_PREFIXES, legacy_key_map, register_legacy_keys
 from .tile_layers import MaskedLinear, TilesMLP
 
 __all__ = [
+    "LEGACY_PREFIXES",
     "MLP",
     "ExtremeLayer",
     "GatedAttention",
@@ -18,6 +20,8 @@ __all__ = [
     "SelfAttention",
     "TilesMLP",
     "_moore_penrose_iter_pinv",
+    "legacy_key_map",
+    "register_legacy_keys",
     "resolve_activation",
     "split_features",
     "prepare_mask",

@@ -41,6 +41,9 @@ class TilesMLP(nn.Module):
     """An MLP applied to every tile: hidden layers are ``MaskedLinear(-inf)`` + activation
     (+ dropout), the last layer is a plain ``Linear(d, out_features)``.
 
+    ``hidden_layers`` is the reference's flat ``nn.Sequential`` ``[MaskedLinear, activation,
+    (Dropout), ..., Linear]``, so the state-dict keys are the reference's
+    (``hidden_layers.0.weight``, ..., ``hidden_layers.{last}.weight``).
     After a sigmoid the padded rows of the hidden layers are 0; the output rows at padded
     tiles are not masked (the caller masks what it pools).
     """
@@ -57,24 +60,20 @@ class TilesMLP(nn.Module):
         super().__init__()
         check_dropout(hidden, dropout, "TilesMLP")
         act = resolve_activation(activation)
-        self.hidden_layers = nn.ModuleList()
+        layers: list[nn.Module] = []
         d = in_features
         for i, width in enumerate(hidden or []):
-            block = nn.ModuleList([MaskedLinear(d, int(width), mask_value="-inf", bias=bias), act])
+            layers += [MaskedLinear(d, int(width), mask_value="-inf", bias=bias), act]
             if dropout is not None:
-                block.append(nn.Dropout(float(dropout[i])))
-            self.hidden_layers.append(block)
+                layers.append(nn.Dropout(float(dropout[i])))
             d = int(width)
-        self.hidden_layers.append(nn.Linear(d, out_features, bias=bias))
+        layers.append(nn.Linear(d, out_features, bias=bias))
+        self.hidden_layers = nn.Sequential(*layers)
         self.in_features = in_features
         self.out_features = out_features
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, in_features) -> (B, N, out_features)."""
         for layer in self.hidden_layers:
-            if isinstance(layer, nn.ModuleList):
-                for sub in layer:
-                    x = sub(x, mask) if isinstance(sub, MaskedLinear) else sub(x)
-            else:
-                x = layer(x)
+            x = layer(x, mask) if isinstance(layer, MaskedLinear) else layer(x)
         return x
