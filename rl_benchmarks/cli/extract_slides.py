@@ -24,6 +24,23 @@ def _none(value):
     return None if value in (None, "", "null", "None", "auto") else value
 
 
+def apply_weights_path(cfg: DictConfig) -> None:
+    """The short form ``weights_path=<file>`` sets ``feature_extractor.weights_path`` (as
+    export-hf, finetune and demo accept it); both given and different is an error."""
+    from omegaconf import open_dict
+
+    short = _none(cfg.get("weights_path"))
+    if short is None:
+        return
+    node = cfg.feature_extractor
+    current = _none(node.get("weights_path"))
+    if current is not None and str(current) != str(short):
+        raise ValueError(f"weights_path={short} and feature_extractor.weights_path={current} "
+                         f"differ: give one of them")
+    with open_dict(node):
+        node.weights_path = str(short)
+
+
 def build_extractor(cfg: DictConfig, dist: dist_utils.DistInfo):
     """The extractor of ``cfg.feature_extractor``; one GPU per rank under torchrun."""
     import torch
@@ -66,6 +83,16 @@ def main(cfg: DictConfig) -> int:
                                     else "cpu")
     from rl_benchmarks.utils.seed import set_seed
 
+    settings_args = dict(
+        n_tiles=_none(cfg.n_tiles), random_sampling=cfg.random_sampling, seed=cfg.seed,
+        batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+        target_mpp=_none(cfg.target_mpp), tile_size=_none(cfg.tile_size),
+        min_tissue=cfg.min_tissue, default_mpp=_none(cfg.default_mpp),
+        mpp_tolerance=cfg.mpp_tolerance, float16=cfg.float16, progress=cfg.progress,
+        overwrite=cfg.get("overwrite", False), accept_legacy=cfg.get("accept_legacy", False),
+    )
+    SlideExtractionSettings(**settings_args)  # bad values: one line, before any work
+    apply_weights_path(cfg)
     set_seed(int(cfg.seed))  # random-init extractors (tests, demo) are reproducible
     extractor = build_extractor(cfg, dist)
     tile_size = extractor.tile_size if _none(cfg.tile_size) is None else int(cfg.tile_size)
@@ -85,13 +112,7 @@ def main(cfg: DictConfig) -> int:
     if out is None:
         print("extract-slides: give output_dir=<folder>", file=sys.stderr)
         return 2
-    settings = SlideExtractionSettings(
-        n_tiles=_none(cfg.n_tiles), random_sampling=bool(cfg.random_sampling), seed=int(cfg.seed),
-        batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers),
-        target_mpp=_none(cfg.target_mpp), tile_size=tile_size, min_tissue=float(cfg.min_tissue),
-        default_mpp=_none(cfg.default_mpp), mpp_tolerance=float(cfg.mpp_tolerance),
-        float16=bool(cfg.float16), progress=bool(cfg.progress),
-    )
+    settings = SlideExtractionSettings(**{**settings_args, "tile_size": tile_size})
     record = {
         "extractor": extractor.record(),
         "tile_size": tile_size,
@@ -111,6 +132,8 @@ def main(cfg: DictConfig) -> int:
         print(f"extract-slides: {summary.line()}")
         for slide_id, error in sorted(summary.failed.items()):
             print(f"  failed: {slide_id}: {error}", file=sys.stderr)
+        for slide_id, owner in sorted(summary.held.items()):
+            print(f"  left to another run ({owner}): {slide_id}")
         if summary.failed:
             print(f"  failures listed in {Path(out) / 'failures.csv'}", file=sys.stderr)
             code = 1

@@ -17,14 +17,20 @@ def main(cfg: DictConfig) -> int:
     from hydra.utils import instantiate
 
     from rl_benchmarks import paths
+    from rl_benchmarks.cli.extract_slides import apply_weights_path
+    from rl_benchmarks.extraction.slides import check_int
     from rl_benchmarks.models.feature_extractors import extractor_from_config
     from rl_benchmarks.utils.seed import set_seed
 
+    for key, minimum in (("batch_size", 1), ("num_workers", 0), ("chunk_size", 1), ("seed", 0)):
+        check_int(key, cfg[key], minimum=minimum)  # one line, before any work
+    apply_weights_path(cfg)
     set_seed(int(cfg.seed))  # random-init extractors (tests, demo) are reproducible
     device = list(cfg.device) if OmegaConf.is_list(cfg.device) else cfg.device
     extractor = extractor_from_config(cfg.feature_extractor, device=device,
                                       precision=cfg.precision)
-    tile_size = extractor.tile_size if cfg.tile_size in (None, "auto") else int(cfg.tile_size)
+    tile_size = extractor.tile_size if cfg.tile_size in (None, "auto") else check_int(
+        "tile_size", cfg.tile_size)
     node = cfg.tile_dataset
     if "root" in node:
         frame = instantiate(node)()
@@ -46,7 +52,8 @@ def main(cfg: DictConfig) -> int:
     summary = extract_tile_dataset(
         frame, out, extractor, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers),
         chunk_size=int(cfg.chunk_size), tile_size=tile_size, record=record,
-        progress=bool(cfg.progress),
+        progress=bool(cfg.progress), overwrite=bool(cfg.get("overwrite", False)),
+        accept_legacy=bool(cfg.get("accept_legacy", False)), trust=bool(cfg.get("trust", False)),
     )
     print(f"extract-tiles: {summary.line()}")
     return 0

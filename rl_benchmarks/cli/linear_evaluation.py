@@ -87,8 +87,11 @@ def features_dir_for(cfg: DictConfig, cohort_folder: str) -> Path:
     return Path(root) / "tiles_classification" / "features" / str(cfg.feature_extractor) / cohort_folder
 
 
-def load_tile_features(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``tile_features.npy`` (memory-mapped) and ``tile_ids.npy`` of ``folder``."""
+def load_tile_features(folder: Path, trust: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``tile_features.npy`` (memory-mapped) and ``tile_ids.npy`` of ``folder``, neither
+    unpickled (an object-array ``tile_ids.npy`` of older versions only with ``trust``)."""
+    from rl_benchmarks.extraction.tiles import read_tile_ids
+
     feats_path, ids_path = folder / "tile_features.npy", folder / "tile_ids.npy"
     for p in (feats_path, ids_path):
         if not p.is_file():
@@ -97,10 +100,13 @@ def load_tile_features(folder: Path) -> tuple[np.ndarray, np.ndarray]:
                 "set features_root_dir / custom.features_dir"
             )
     try:
-        feats = np.load(feats_path, mmap_mode="r")
-        ids = np.load(ids_path, allow_pickle=True)
+        feats = np.load(feats_path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
-        raise ValueError(f"cannot read {feats_path.parent}: {exc}") from exc
+        raise ValueError(f"cannot read {feats_path}: {exc}") from exc
+    try:
+        ids = read_tile_ids(ids_path, trust=trust)
+    except OSError as exc:
+        raise ValueError(f"cannot read {ids_path}: {exc}") from exc
     if feats.ndim != 2:
         raise ValueError(f"{feats_path}: expected a (N, D) matrix, got shape {feats.shape}")
     if ids.ndim != 1 or len(ids) != len(feats):
@@ -123,7 +129,7 @@ def load_reference_data(cfg: DictConfig) -> ProbeData:
 
     spec = REFERENCE_DATASETS[cfg.tile_dataset]
     folder = features_dir_for(cfg, f"{spec.cohort}_FULL")
-    feats, ids = load_tile_features(folder)
+    feats, ids = load_tile_features(folder, trust=bool(cfg.get("trust", False)))
     data_dir = cfg.get("data_dir") or None
     frames = [load_dataset(f"{spec.cohort}_TRAIN", data_dir=data_dir)]
     frames += [load_dataset(f"{spec.cohort}_{suffix}", data_dir=data_dir)
@@ -205,7 +211,7 @@ def load_custom_data(cfg: DictConfig) -> ProbeData:
     else:
         raise ValueError("tile_dataset=custom needs custom.features_dir (or custom.name)")
     name = str(c.name or folder.name)
-    feats, tile_ids = load_tile_features(folder)
+    feats, tile_ids = load_tile_features(folder, trust=bool(cfg.get("trust", False)))
     classes = list(c.classes) if c.classes else None
 
     if c.labels_csv and c.image_folder:

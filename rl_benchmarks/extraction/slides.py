@@ -5,17 +5,33 @@ Design:
 
 * **Plan.** Each slide gets coords: a given ``coords.npy``, one already written beside
   its outputs, or tissue tiling on the fly (:func:`rl_benchmarks.slides.tile_slide`) with
-  the extractor's tile size and mpp (saved too). Slides whose ``features.npy`` exists are
-  skipped, so a killed run, re-run, only does the rest.
+  the extractor's tile size and mpp (saved too). A slide with no tissue tile is a failure.
+* **Skips are never stale.** Each slide's ``features.json`` holds ``settings``: extractor
+  name, weights SHA-256, precision, tile size, mpp, n_tiles, random_sampling, seed, float16
+  (:func:`slide_settings`). A slide whose ``features.npy`` exists is skipped only when
+  those match the run's; any difference stops the run before any work with one line naming
+  the slide and the settings (old -> new), unless ``overwrite=True``, which deletes and
+  recomputes it. The same holds for ``extraction_params.json`` and for coords tiled by an
+  earlier run (``tiling.json``). Records are never rewritten over features they did not
+  produce.
+* **Legacy outputs.** A ``features.npy`` without a record of its settings (written by the
+  reference or an older version) is a mismatch, since nothing says how it was made;
+  ``accept_legacy=True`` keeps and skips such slides (listed as ``legacy_slides`` in
+  ``extraction_params.json``, their missing records not invented), ``overwrite=True``
+  recomputes them.
+* **Locks.** Each slide folder gets a lock file (:mod:`rl_benchmarks.extraction.locks`)
+  while a run works on it, so two runs on one output folder never extract the same slide:
+  the second one skips slides held by a live run and reports them. A killed run's locks
+  are stale and taken over, so re-running it finishes the rest.
 * **Read.** One DataLoader over every selected tile of this rank's slides. Batches never
   span two slides, so a slide's features do not depend on which other slides a rank holds
   (1 rank and K ranks give identical files). Workers keep one OpenSlide handle per slide
   and return uint8 tiles; normalisation runs batched on tensors in the main process.
-* **Write.** When a slide's last batch is done, its matrix and a JSON record are written
-  atomically. A tile that cannot be read fails its slide (one line, a row in
-  ``failures.csv``), and the other slides go on.
+* **Write.** When a slide's last batch is done, its JSON record and then its matrix are
+  written atomically (``features.npy`` last: its presence means "done"). A tile that cannot
+  be read fails its slide (one line, a row in ``failures.csv``), and the other slides go on.
 * **Scale.** Under ``torchrun`` slides are sharded across ranks, balanced by tile count;
-  each rank writes its own slides and rank 0 writes the run files and the summary.
+  each rank writes its own slides and rank 0 checks, locks and writes the run files.
 """
 
 from __future__ import annotations
@@ -33,6 +49,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rl_benchmarks.extraction import distributed as dist_utils
+from rl_benchmarks.extraction import locks
 from rl_benchmarks.extraction.sampling import select_tiles
 from rl_benchmarks.extraction.sharding import shard_by_cost
 from rl_benchmarks.utils import io
@@ -43,6 +60,43 @@ FEATURES_NAME = "features.npy"
 COORDS_NAME = "coords.npy"
 RECORD_NAME = "features.json"
 FAILURES_NAME = "failures.csv"
+PARAMS_NAME = "extraction_params.json"
+LOCK_NAME = ".rlbench.lock"
+
+
+class StaleOutputError(ValueError):
+    """Outputs in the folder were made with other settings than the ones requested."""
+
+
+class NoTissueError(ValueError):
+    """A slide has no tile to extract."""
+
+
+def check_int(name: str, value: Any, minimum: int = 1, none_ok: bool = False) -> int | None:
+    """``value`` as an int >= ``minimum`` (None allowed with ``none_ok``), else a
+    one-line ValueError naming ``name``."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {kind}{' or null' if none_ok else ''}, got {value!r}")
+    return int(value)
+
+
+def check_float(name: str, value: Any, low: float = 0.0, high: float | None = None,
+                none_ok: bool = False, strict: bool = True) -> float | None:
+    """``value`` as a finite float above ``low`` (``strict``) or at least ``low``, at most
+    ``high``; a one-line ValueError naming ``name`` otherwise."""
+    if value is None and none_ok:
+        return None
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+          and np.isfinite(value) and (value > low if strict else value >= low)
+          and (high is None or value <= high))
+    if not ok:
+        bound = f"{'>' if strict else '>='} {low:g}" + (f" and <= {high:g}" if high else "")
+        raise ValueError(f"{name} must be a number {bound}{' or null' if none_ok else ''}, "
+                         f"got {value!r}")
+    return float(value)
 
 
 @dataclass
@@ -56,7 +110,10 @@ class SlideInput:
 
 @dataclass
 class SlideExtractionSettings:
-    """What to extract (defaults = the reference script's values, except n_tiles)."""
+    """What to extract (defaults = the reference script's values, except n_tiles).
+
+    Values are checked when built (and again by :func:`run_slide_extraction`): a bad one
+    is a one-line ValueError naming it, before any output is written."""
 
     n_tiles: int | None = None
     random_sampling: bool = False
@@ -70,6 +127,26 @@ class SlideExtractionSettings:
     mpp_tolerance: float = 0.2
     float16: bool = False
     progress: bool = True
+    overwrite: bool = False  # recompute slides whose outputs have other settings
+    accept_legacy: bool = False  # skip outputs that carry no record of their settings
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a one-line ValueError naming the first bad setting."""
+        check_int("n_tiles", self.n_tiles, none_ok=True)
+        check_int("seed", self.seed, minimum=0)
+        check_int("batch_size", self.batch_size)
+        check_int("num_workers", self.num_workers, minimum=0)
+        check_int("tile_size", self.tile_size, none_ok=True)
+        check_float("target_mpp", self.target_mpp, none_ok=True)
+        check_float("min_tissue", self.min_tissue, 0.0, 1.0, strict=False)
+        check_float("default_mpp", self.default_mpp, none_ok=True)
+        check_float("mpp_tolerance", self.mpp_tolerance, strict=False)
+        for name in ("random_sampling", "float16", "progress", "overwrite", "accept_legacy"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -80,14 +157,17 @@ class ExtractionSummary:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    held: dict[str, str] = field(default_factory=dict)  # slide id -> the run working on it
+    legacy: list[str] = field(default_factory=list)  # skipped outputs without a record
     n_tiles: int = 0
     seconds: float = 0.0
 
     def line(self) -> str:
         rate = self.n_tiles / self.seconds if self.seconds > 0 else 0.0
+        held = f", {len(self.held)} left to another live run" if self.held else ""
         return (
             f"{len(self.done)} slides done, {len(self.skipped)} skipped (already extracted), "
-            f"{len(self.failed)} failed; {self.n_tiles} tiles in {self.seconds:.1f} s "
+            f"{len(self.failed)} failed{held}; {self.n_tiles} tiles in {self.seconds:.1f} s "
             f"({rate:.1f} tiles/s); outputs in {self.output_dir}"
         )
 
@@ -196,6 +276,8 @@ def extract_from_coords(
     """
     from tqdm.auto import tqdm
 
+    check_int("batch_size", batch_size)
+    check_int("num_workers", num_workers, minimum=0)
     batches = [
         (s, start, min(start + batch_size, len(coords)))
         for s, (_, coords) in enumerate(jobs)
@@ -247,19 +329,83 @@ def extract_from_coords(
 # --------------------------------------------------------------------------- pipeline
 
 
+def weights_identity(extractor) -> str:
+    """The weights file's SHA-256; for random weights (``"random-init"``, which differ with
+    the seed) ``random-init:`` + the SHA-256 of the parameters themselves."""
+    sha = str(extractor.record().get("weights_sha256"))
+    if sha != "random-init":
+        return sha
+    import hashlib
+
+    h = hashlib.sha256()
+    for key, value in sorted(extractor.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return f"random-init:{h.hexdigest()}"
+
+
+def slide_settings(extractor, settings: SlideExtractionSettings) -> dict[str, Any]:
+    """The settings that define a slide's features: a finished slide is skipped only when
+    its record holds exactly these."""
+    rec = extractor.record()
+    return {
+        "extractor": rec.get("name"),
+        "weights_sha256": weights_identity(extractor),
+        "precision": rec.get("precision"),
+        "tile_size": int(settings.tile_size or extractor.tile_size),
+        "mpp": float(settings.target_mpp or extractor.mpp),
+        "n_tiles": settings.n_tiles,
+        "random_sampling": bool(settings.random_sampling),
+        "seed": int(settings.seed),
+        "float16": bool(settings.float16),
+    }
+
+
+def _read_json(path: Path) -> dict | None:
+    """A JSON object, or None when the file is absent or not a JSON object."""
+    import json
+
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def settings_diff(old: dict, new: dict) -> str:
+    """``key old -> new`` for every setting that differs ("" when none)."""
+    return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}"
+                     for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+
+
+def _tiling_diff(out_dir: Path, tile_size: int, mpp: float, min_tissue: float) -> str:
+    """How coords tiled by an earlier run (per its ``tiling.json``) differ from the tiling
+    this run would do ("" when they do not, or when no run of ours tiled them)."""
+    tiling = _read_json(out_dir / "tiling.json")
+    if tiling is None or not (out_dir / COORDS_NAME).is_file():
+        return ""
+    want = {"tile_size": tile_size, "target_mpp": mpp, "min_tissue": min_tissue}
+    old = {k: tiling.get(k) for k in want}
+    return settings_diff({f"tiling.{k}": v for k, v in old.items()},
+                         {f"tiling.{k}": v for k, v in want.items()})
+
+
 def _coords_for(slide: SlideInput, out_dir: Path, extractor, settings: SlideExtractionSettings):
-    """Coords (n,3) int for a slide: given, previously written, or tiled now (and saved)."""
+    """Coords (n,3) int for a slide: given, previously written, or tiled now (and saved).
+    No tile at all is a :class:`NoTissueError`."""
+    tile_size = settings.tile_size or extractor.tile_size
+    mpp = settings.target_mpp or extractor.mpp
     if slide.coords_path is not None:
-        coords = np.load(slide.coords_path)
+        coords = np.load(slide.coords_path, allow_pickle=False)
     elif (out_dir / COORDS_NAME).is_file():
-        coords = np.load(out_dir / COORDS_NAME)
+        coords = np.load(out_dir / COORDS_NAME, allow_pickle=False)
     else:
         from rl_benchmarks.slides import tile_slide
 
         tiling = tile_slide(
             slide.slide_path,
-            tile_size=settings.tile_size or extractor.tile_size,
-            target_mpp=settings.target_mpp or extractor.mpp,
+            tile_size=tile_size,
+            target_mpp=mpp,
             min_tissue=settings.min_tissue,
             default_mpp=settings.default_mpp,
             mpp_tolerance=settings.mpp_tolerance,
@@ -272,14 +418,87 @@ def _coords_for(slide: SlideInput, out_dir: Path, extractor, settings: SlideExtr
         except Exception as exc:  # a picture never fails a slide
             logger.warning("%s: QC picture not written: %s", slide.slide_path, exc)
         io.write_json(out_dir / "tiling.json", tiling.record())
-        io.save_npy(out_dir / COORDS_NAME, coords.astype(np.int64))
+        io.save_npy(out_dir / COORDS_NAME, coords.reshape(-1, 3).astype(np.int64))
     coords = np.asarray(coords)
     if coords.ndim != 2 or coords.shape[1] != 3:
         raise ValueError(f"coords for {slide.slide_id} must have shape (N, 3) "
                          f"[level, col, row], got {coords.shape}")
-    if len(coords) and len(np.unique(coords[:, 0])) > 1:
+    if len(coords) == 0:
+        raise NoTissueError(f"no tissue tile (tile_size={tile_size}, mpp={mpp}, "
+                            f"min_tissue={settings.min_tissue}): nothing to extract")
+    if len(np.unique(coords[:, 0])) > 1:
         raise ValueError(f"coords for {slide.slide_id} mix several DeepZoom levels")
     return coords.astype(np.int64)
+
+
+@dataclass
+class _Plan:
+    """Rank 0's decision for every slide, shared with the other ranks."""
+
+    todo: list[int] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    legacy: list[str] = field(default_factory=list)
+    held: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+
+
+def _plan(slides: Sequence[SlideInput], out_root: Path, new: dict,
+          settings: SlideExtractionSettings) -> _Plan:
+    """Lock every slide not held by another live run and sort it into done (skip), stale
+    (error, or recompute with ``overwrite``) and to do. On error every lock is released."""
+    plan = _Plan()
+    stale: list[str] = []
+    locked: list[Path] = []
+    clear: list[tuple[Path, bool]] = []  # (slide folder, its coords too)
+    for i, slide in enumerate(slides):
+        folder = out_root / slide.slide_id
+        owner = locks.try_lock(folder / LOCK_NAME)
+        if owner is not None:
+            plan.held[slide.slide_id] = str(owner)
+            continue
+        locked.append(folder / LOCK_NAME)
+        done = (folder / FEATURES_NAME).is_file()
+        old = (_read_json(folder / RECORD_NAME) or {}).get("settings") if done else None
+        tiling = "" if slide.coords_path is not None else _tiling_diff(
+            folder, new["tile_size"], new["mpp"], settings.min_tissue)
+        if done and isinstance(old, dict) and not settings_diff(old, new):
+            plan.skipped.append(slide.slide_id)
+            locks.release(folder / LOCK_NAME)
+            continue
+        if done and not isinstance(old, dict) and settings.accept_legacy:
+            plan.legacy.append(slide.slide_id)
+            plan.skipped.append(slide.slide_id)
+            locks.release(folder / LOCK_NAME)
+            continue
+        if settings.overwrite:
+            clear.append((folder, bool(tiling)))
+        elif done:
+            why = (settings_diff(old, new) if isinstance(old, dict)
+                   else "no record of its settings (legacy output; accept_legacy=true keeps it)")
+            stale.append(f"slide {slide.slide_id}: {why}")
+            continue
+        elif tiling:
+            stale.append(f"slide {slide.slide_id}: coords.npy {tiling}")
+            continue
+        plan.todo.append(i)
+    params = _read_json(out_root / PARAMS_NAME)
+    if params is not None and isinstance(params.get("settings"), dict) and not settings.overwrite:
+        diff = settings_diff(params["settings"], new)
+        if diff:  # e.g. a concurrent run with other settings that has not finished a slide
+            stale.append(f"{PARAMS_NAME}: {diff}")
+    if stale:
+        for path in locked:
+            locks.release(path)
+        more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""
+        plan.error = (f"{out_root}: outputs made with other settings: {stale[0]}{more}; "
+                      f"rerun with overwrite=true to recompute them, or use another output_dir")
+        return plan
+    for folder, coords_too in clear:  # under our lock: old outputs go before new work
+        names = [FEATURES_NAME, RECORD_NAME] + (
+            [COORDS_NAME, "tiling.json", "qc.png"] if coords_too else [])
+        for name in names:
+            (folder / name).unlink(missing_ok=True)
+    return plan
 
 
 def run_slide_extraction(
@@ -290,21 +509,45 @@ def run_slide_extraction(
     run_record: dict[str, Any] | None = None,
     dist: dist_utils.DistInfo | None = None,
 ) -> ExtractionSummary:
-    """Extract every slide not yet done; see the module docstring."""
+    """Extract every slide not yet done; see the module docstring.
+
+    Raises :class:`StaleOutputError` (before any work) when finished outputs were made
+    with other settings and ``settings.overwrite`` is False."""
+    settings.validate()
     dist = dist or dist_utils.DistInfo()
     out_root = Path(output_dir)
-    out_root.mkdir(parents=True, exist_ok=True)
     tile_size = settings.tile_size or extractor.tile_size
+    new = slide_settings(extractor, settings)
     summary = ExtractionSummary(output_dir=str(out_root))
     t0 = time.perf_counter()
 
-    # 1. Plan: coords for every slide not done yet (tiling spread round-robin over ranks).
-    todo: list[int] = []
-    for i, slide in enumerate(slides):
-        if (out_root / slide.slide_id / FEATURES_NAME).is_file():
-            summary.skipped.append(slide.slide_id)
-        else:
-            todo.append(i)
+    # 0. Rank 0 checks the folder and locks the slides it takes; every rank follows.
+    plan = None
+    if dist.is_main:
+        out_root.mkdir(parents=True, exist_ok=True)
+        plan = _plan(slides, out_root, new, settings)
+    plan = dist_utils.all_gather_objects(dist, plan)[0]
+    if plan.error:
+        raise StaleOutputError(plan.error)
+    try:
+        return _run_plan(slides, out_root, extractor, settings, run_record, dist, plan, new,
+                         summary, tile_size, t0)
+    finally:
+        if dist.is_main:
+            for i in plan.todo:
+                locks.release(out_root / slides[i].slide_id / LOCK_NAME)
+
+
+def _run_plan(slides, out_root, extractor, settings, run_record, dist, plan, new, summary,
+              tile_size, t0) -> ExtractionSummary:
+    summary.skipped = list(plan.skipped)
+    summary.legacy = list(plan.legacy)
+    summary.held = dict(plan.held)
+    todo = plan.todo
+    if dist.is_main:
+        _write_params(out_root, run_record, new, slides, summary)
+
+    # 1. Coords for every slide to do (tiling spread round-robin over ranks).
     coords: dict[int, np.ndarray] = {}
     for k, i in enumerate(todo):
         if k % dist.world_size != dist.rank:
@@ -343,7 +586,8 @@ def run_slide_extraction(
         matrix = result.astype(np.float16) if settings.float16 else result
         record = {
             **(run_record or {}),
-            "n_tiles_requested": (run_record or {}).get("n_tiles"),
+            "settings": new,
+            "n_tiles_requested": settings.n_tiles,
             "slide_path": str(slide.slide_path),
             "slide_id": slide.slide_id,
             "n_tiles_available": int(len(coords[mine[local]])),
@@ -353,6 +597,8 @@ def run_slide_extraction(
         }
         io.write_json(out_dir / RECORD_NAME, record)
         io.save_npy(out_dir / FEATURES_NAME, matrix)  # last: its presence means "done"
+        if not dist.enabled:  # under torchrun rank 0 owns the locks and frees them at the end
+            locks.release(out_dir / LOCK_NAME)
         summary.done.append(slide.slide_id)
         summary.n_tiles += int(len(result))
 
@@ -367,11 +613,20 @@ def run_slide_extraction(
     if dist.is_main:
         summary = _merge(gathered, out_root)
         summary.seconds = time.perf_counter() - t0
-        if run_record is not None:
-            io.write_json(out_root / "extraction_params.json",
-                          {**run_record, "slides": [str(s.slide_path) for s in slides]})
-        _write_failures(out_root, summary.failed, slides)
+        _write_params(out_root, run_record, new, slides, summary)
+        _write_failures(out_root, summary.failed, slides, summary.held)
     return summary
+
+
+def _write_params(out_root: Path, run_record: dict[str, Any] | None, new: dict,
+                  slides: Sequence[SlideInput], summary: ExtractionSummary) -> None:
+    """``extraction_params.json``: the run's record, its settings and its slides (written
+    at the start, so a concurrent run with other settings sees them, and at the end)."""
+    io.write_json(out_root / PARAMS_NAME, {
+        **(run_record or {}), "settings": new,
+        "slides": [str(s.slide_path) for s in slides],
+        "legacy_slides": sorted(summary.legacy),
+    })
 
 
 def _all_failed(dist: dist_utils.DistInfo, summary: ExtractionSummary) -> set[str]:
@@ -388,15 +643,27 @@ def _merge(parts: list[ExtractionSummary], out_root: Path) -> ExtractionSummary:
         merged.failed.update(p.failed)
         merged.n_tiles += p.n_tiles
     merged.skipped = parts[0].skipped
+    merged.legacy = parts[0].legacy
+    merged.held = parts[0].held
     return merged
 
 
-def _write_failures(out_root: Path, failed: dict[str, str], slides: Sequence[SlideInput]) -> None:
+def _write_failures(out_root: Path, failed: dict[str, str], slides: Sequence[SlideInput],
+                    held: dict[str, str] | None = None) -> None:
+    """``failures.csv``: this run's failures, plus the rows an earlier ``failures.csv``
+    holds for slides another live run is working on (their outcome is that run's)."""
     paths = {s.slide_id: str(s.slide_path) for s in slides}
-    frame = pd.DataFrame(
-        [{"slide": paths.get(k, k), "slide_id": k, "error": v} for k, v in sorted(failed.items())],
-        columns=["slide", "slide_id", "error"],
-    )
+    rows = [{"slide": paths.get(k, k), "slide_id": k, "error": v}
+            for k, v in sorted(failed.items())]
+    previous = out_root / FAILURES_NAME
+    if held and previous.is_file():
+        try:
+            old = pd.read_csv(previous, dtype=str, keep_default_na=False)
+            rows += [r for r in old.to_dict("records") if r.get("slide_id") in held
+                     and r.get("slide_id") not in failed]
+        except (OSError, ValueError, pd.errors.ParserError):
+            pass
+    frame = pd.DataFrame(rows, columns=["slide", "slide_id", "error"])
     io.write_csv(out_root / FAILURES_NAME, frame, index=False)
 
 

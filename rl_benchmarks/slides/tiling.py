@@ -453,16 +453,16 @@ def tile_slides(
             summary.failures.append((row["slide"], row["error"]))
             continue
         summary.n_tiles += int(row.get("n_tiles", 0))
-        if status == "skipped":
-            summary.n_skipped += 1
-        else:
-            summary.n_done += 1
         empty = status == "empty" or (status == "skipped" and row.get("previous_status") == "empty")
         if empty:
             summary.n_empty += 1
-            if empty_is_failure:
-                summary.n_failed += 1
-                summary.failures.append((row["slide"], f"NoTissue: {row.get('message', '')}"))
+        if empty and empty_is_failure:  # a failure only: never counted as done too
+            summary.n_failed += 1
+            summary.failures.append((row["slide"], f"NoTissue: {row.get('message', '')}"))
+        elif status == "skipped":
+            summary.n_skipped += 1
+        else:
+            summary.n_done += 1
     summary.slides = rows
     summary.seconds = time.perf_counter() - t0
     import io

@@ -31,7 +31,7 @@ def _save_features(folder: Path, ids: list[str], labels: list[int], n_classes: i
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "tile_features.npy", np.stack([_feature(y, rng, n_classes) for y in labels]))
-    np.save(folder / "tile_ids.npy", np.array(ids, dtype=object), allow_pickle=True)
+    np.save(folder / "tile_ids.npy", np.asarray(ids, dtype=str))
 
 
 def _make_nct(root: Path, per_class_train: int = 12, per_class_valid: int = 5) -> None:
@@ -197,3 +197,33 @@ def test_real_crc_labels_csv_ids_match_image_folder_ids(real_data):
     matched = match_ids(labels["path"], frame["image_id"].to_numpy(), "labels.csv")
     assert len(matched) == len(labels) == 41
     assert set(matched) == set(frame["image_id"])
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: code run from a data file."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_object_array_tile_ids_are_refused_without_trust(tmp_path, capsys):
+    _make_nct(tmp_path / "data")
+    folder = (tmp_path / "data" / "preprocessed" / "tiles_classification" / "features"
+              / "TinyViT" / "NCT-CRC_FULL")
+    ids = np.load(folder / "tile_ids.npy", allow_pickle=False)
+    assert ids.dtype.kind == "U"  # what extract-tiles writes now
+    marker = tmp_path / "PWNED"
+    evil = np.array([_Payload(marker)] + list(ids[1:]), dtype=object)
+    np.save(folder / "tile_ids.npy", evil, allow_pickle=True)
+    args = ["tile_dataset=nct_crc", "feature_extractor=TinyViT", f"data_dir={tmp_path / 'data'}",
+            f"logs_root_dir={tmp_path / 'logs'}", "portions=[1.0]", *FAST]
+    assert run("linear-eval", args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) <= 2 and "tile_ids.npy" in err and "trust=true" in err
+    assert not marker.exists()
+    # An old, benign object array is read when the user says they trust it.
+    np.save(folder / "tile_ids.npy", np.array(list(ids), dtype=object), allow_pickle=True)
+    assert run("linear-eval", [*args, "++trust=true"]) == 0

@@ -151,6 +151,27 @@ def test_killed_run_resumes_to_identical_files(slide_dir, tmp_path):
     assert 0 < done_before < 30, f"{done_before} slides were done when the run was killed"
     subprocess.run(_cli(many, out), check=True, env=env, capture_output=True)
     assert _outputs(out) == _outputs(ref)
+    assert _records(out, ref) == _records(ref, ref)
+    assert sum(k.endswith("features.json") for k in _records(ref, ref)) == 30
+    assert not list(out.glob("*/.rlbench.lock"))  # the killed run's stale locks were taken
+
+
+def _untimed(obj):
+    """``obj`` without timestamp-like keys (at any depth)."""
+    if isinstance(obj, dict):
+        return {k: _untimed(v) for k, v in obj.items()
+                if not any(t in k.lower() for t in ("time", "seconds", "created", "date"))}
+    if isinstance(obj, list):
+        return [_untimed(v) for v in obj]
+    return obj
+
+
+def _records(root: Path, as_root: Path) -> dict[str, dict]:
+    """Every JSON record under ``root`` (paths to ``root`` written as ``as_root``), minus
+    timestamps."""
+    return {str(p.relative_to(root)): _untimed(json.loads(p.read_text().replace(
+                str(root), str(as_root))))
+            for p in sorted(root.rglob("*.json"))}
 
 
 @pytest.mark.slow

@@ -42,8 +42,8 @@ def test_extract_tiles_resizes_like_the_reference_and_resumes(tmp_path):
             "num_workers=0", "batch_size=3", "chunk_size=2", "progress=false", *TINY]
     assert run("extract-tiles", args) == 0
     feats = np.load(out / "tile_features.npy")
-    ids = np.load(out / "tile_ids.npy", allow_pickle=True)
-    assert feats.shape == (4, 32) and len(ids) == 4
+    ids = np.load(out / "tile_ids.npy", allow_pickle=False)
+    assert feats.shape == (4, 32) and len(ids) == 4 and ids.dtype.kind == "U"
     assert not (out / "_chunks").exists()
     record = json.loads((out / "rlbenchmarks_extraction_params.json").read_text())
     assert record["n_tiles"] == 4
@@ -102,7 +102,7 @@ def test_crc_tiles_as_image_folder(real_data, tmp_path):
                                  "progress=false", *TINY])
     assert code == 0
     feats = np.load(out / "tile_features.npy")
-    ids = np.load(out / "tile_ids.npy", allow_pickle=True)
+    ids = np.load(out / "tile_ids.npy", allow_pickle=False)
     labels = pd.read_csv(root / "labels.csv")
     assert feats.shape == (len(labels), 32) and len(ids) == len(labels)
     assert np.isfinite(feats).all()
@@ -110,7 +110,8 @@ def test_crc_tiles_as_image_folder(real_data, tmp_path):
 
 def test_extract_tiles_reuses_finished_chunks(tmp_path):
     from rl_benchmarks.datasets import load_image_folder
-    from rl_benchmarks.extraction.tiles import extract_tile_dataset
+    from rl_benchmarks.extraction.tiles import extract_tile_dataset, tile_settings
+    from rl_benchmarks.utils.io import write_json
 
     frame = load_image_folder(_image_folder(tmp_path / "tiles"))
     extractor = _tiny_extractor()
@@ -122,6 +123,8 @@ def test_extract_tiles_reuses_finished_chunks(tmp_path):
     (out / "_chunks").mkdir(parents=True)
     sentinel = np.full((2, 32), 7.0, np.float32)  # a chunk "finished" before a crash
     np.save(out / "_chunks" / "chunk_000001.npy", sentinel)
+    write_json(out / "_chunks" / "settings.json",  # what the crashed run was doing
+               {**tile_settings(frame, extractor), "chunk_size": 2})
     summary = extract_tile_dataset(frame, out, extractor, batch_size=3, num_workers=0,
                                    chunk_size=2, progress=False)
     assert (summary.n_chunks_done, summary.n_chunks_skipped) == (1, 1)

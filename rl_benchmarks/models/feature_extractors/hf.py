@@ -79,7 +79,12 @@ def load_hf_vit(folder: str | os.PathLike) -> nn.Module:
             output_loading_info=True, dtype=torch.float32,
         )
     except Exception as err:
-        raise WeightsError(f"{folder}: transformers cannot load it ({err})") from err
+        report = _mismatch_report(folder, config)
+        if report:
+            raise WeightsError(f"{folder}: config.json does not match the weights: {report}"
+                               ) from err
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(f"{folder}: transformers cannot load it ({text})") from err
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = list(info.get("missing_keys") or [])
@@ -87,9 +92,98 @@ def load_hf_vit(folder: str | os.PathLike) -> nn.Module:
                   if not any(k.startswith(p) or f".{p}" in k for p in _OPTIONAL_HF_KEYS)]
     mismatched = list(info.get("mismatched_keys") or [])
     if missing or unexpected or mismatched:
-        raise WeightsError(f"{folder}: weights do not fit ViTModel: missing {sorted(missing)[:8]}, "
-                           f"unexpected {sorted(unexpected)[:8]}, mismatched {mismatched[:4]}")
+        report = _mismatch_report(folder, config) or (
+            f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}, "
+            f"mismatched {mismatched[:4]}")
+        raise WeightsError(f"{folder}: weights do not fit ViTModel: {report}")
     return model.eval()
+
+
+def file_tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a HF folder's weights, read without building the
+    model (safetensors headers; ``pytorch_model.bin`` through the safe loader)."""
+    from safetensors import safe_open
+
+    from rl_benchmarks.models.feature_extractors.weights import read_weights_file
+
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    elif index.is_file():
+        files = sorted({folder / f for f in _read_json(index).get("weight_map", {}).values()})
+    else:
+        state = read_weights_file(folder / "pytorch_model.bin")
+        return {str(k): tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a dict
+                shapes[key] = tuple(handle.get_slice(key).get_shape())
+    return shapes
+
+
+def expected_v4_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of the weights of ``ViTModel(add_pooling_layer=False)`` in the
+    transformers-4 layout (the owkin/phikon files' layout) for a ``config.json``."""
+    h = int(config.get("hidden_size", 768))
+    inter = int(config.get("intermediate_size", 4 * h))
+    patch = int(config.get("patch_size", 16))
+    size = int(config.get("image_size", 224))
+    chans = int(config.get("num_channels", 3))
+    n_pos = (size // patch) ** 2 + 1
+    out: dict[str, tuple[int, ...]] = {
+        "embeddings.cls_token": (1, 1, h),
+        "embeddings.position_embeddings": (1, n_pos, h),
+        "embeddings.patch_embeddings.projection.weight": (h, chans, patch, patch),
+        "embeddings.patch_embeddings.projection.bias": (h,),
+        "layernorm.weight": (h,), "layernorm.bias": (h,),
+    }
+    bias = bool(config.get("qkv_bias", True))
+    for i in range(int(config.get("num_hidden_layers", 12))):
+        b = f"encoder.layer.{i}."
+        for name in ("query", "key", "value"):
+            out[f"{b}attention.attention.{name}.weight"] = (h, h)
+            if bias:
+                out[f"{b}attention.attention.{name}.bias"] = (h,)
+        out |= {
+            f"{b}attention.output.dense.weight": (h, h), f"{b}attention.output.dense.bias": (h,),
+            f"{b}layernorm_before.weight": (h,), f"{b}layernorm_before.bias": (h,),
+            f"{b}layernorm_after.weight": (h,), f"{b}layernorm_after.bias": (h,),
+            f"{b}intermediate.dense.weight": (inter, h), f"{b}intermediate.dense.bias": (inter,),
+            f"{b}output.dense.weight": (h, inter), f"{b}output.dense.bias": (h,),
+        }
+    return out
+
+
+def _mismatch_report(folder: Path, config: dict) -> str:
+    """What differs between ``config.json`` and the tensors of ``folder`` (missing,
+    unexpected and mis-shaped keys with their shapes), or "" when nothing does or the
+    folder's layout is not the transformers-4 one this can check."""
+    try:
+        found = file_tensor_shapes(folder)
+    except Exception:  # noqa: BLE001 - the caller reports transformers' error instead
+        return ""
+    found = {k[len("vit."):] if k.startswith("vit.") else k: v for k, v in found.items()}
+    found = {k: v for k, v in found.items() if not k.startswith(_OPTIONAL_HF_KEYS)}
+    if not any(k.startswith("encoder.layer.") for k in found):
+        return ""
+    want = expected_v4_shapes(config)
+    missing = sorted(k for k in want if k not in found)
+    unexpected = sorted(k for k in found if k not in want)
+    shapes = [f"{k} {found[k]} in the file vs {want[k]} from config.json"
+              for k in sorted(want) if k in found and tuple(found[k]) != want[k]]
+    parts = []
+    if shapes:
+        parts.append(f"mismatched shapes: {_listing(shapes, 4)}")
+    if missing:
+        parts.append(f"missing keys: {_listing([f'{k} {want[k]}' for k in missing])}")
+    if unexpected:
+        parts.append(f"unexpected keys: {_listing([f'{k} {found[k]}' for k in unexpected])}")
+    return "; ".join(parts)
+
+
+def _listing(items: list[str], n: int = 8) -> str:
+    return ", ".join(items[:n]) + (f", … ({len(items)} in all)" if len(items) > n else "")
 
 
 def make_phikon_hf(

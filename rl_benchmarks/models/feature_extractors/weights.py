@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,19 @@ class WeightsError(ValueError):
     """A weights file is missing, unreadable or does not fit the model."""
 
 
+#: How to turn a file that needs full unpickling into one that does not.
+CONVERT_HINT = "rlbench convert-weights input={path} output={out} trust=true"
+
+
 def read_weights_file(path: str | os.PathLike) -> Any:
     """Load a ``.pth``/``.pt``/``.bin`` (torch) or ``.safetensors`` file on the CPU.
 
-    Torch files are read with ``weights_only=True`` (``argparse.Namespace`` allowed, as
-    iBOT/DINO checkpoints store their arguments); a file that needs full unpickling is
-    read again without that restriction, with a warning, since the user named it.
+    Torch files are read with ``weights_only=True`` only (``argparse.Namespace`` allowed,
+    as iBOT/DINO checkpoints store their arguments): a weights file is data a user hands
+    over, and full unpickling would run any code it carries. A file the safe loader
+    refuses raises :class:`WeightsError` naming the objects it holds (found by reading
+    the pickle's opcodes, nothing executed) and the ``rlbench convert-weights`` command
+    that rewrites it as plain tensors.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -41,15 +47,95 @@ def read_weights_file(path: str | os.PathLike) -> Any:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - retried below, then reported
+    except Exception as err:  # noqa: BLE001 - reported below, never retried unsafely
         first = err
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise WeightsError(f"{path}: cannot read weights file ({first})") from err
-    warnings.warn(f"{path}: loaded with full unpickling (it holds non-tensor objects)",
-                  stacklevel=2)
-    return obj
+        refused = unsafe_globals(path)
+    except Exception:  # noqa: BLE001 - not a readable pickle: report the load error
+        refused = []
+    if refused:
+        shown = ", ".join(refused[:8]) + (f", … ({len(refused)} in all)"
+                                          if len(refused) > 8 else "")
+        out = path.with_name(path.stem + ".converted.pth")
+        raise WeightsError(
+            f"{path}: holds non-tensor objects ({shown}) that are not loaded, since "
+            f"unpickling them could run code; if you trust the file, convert it once with "
+            f"`{CONVERT_HINT.format(path=path, out=out)}` and use the converted file"
+        ) from first
+    text = str(first).strip().splitlines()[0] if str(first).strip() else type(first).__name__
+    raise WeightsError(f"{path}: cannot read weights file ({text})") from first
+
+
+def _pickle_streams(path: Path) -> list[bytes]:
+    """The pickle bytes of a torch file: the zip member ``*/data.pkl`` (torch >= 1.6),
+    or the whole file for the legacy format (several pickles one after another)."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.endswith("data.pkl")]
+            return [zf.read(n) for n in names]
+    return [path.read_bytes()]
+
+
+def pickle_globals(data: bytes, max_pickles: int = 8) -> list[str]:
+    """``module.name`` of every GLOBAL / STACK_GLOBAL in ``data`` (consecutive pickles, at
+    most ``max_pickles``), read with :func:`pickletools.genops`: nothing is executed.
+
+    STACK_GLOBAL takes its two names from the stack; they are tracked through string
+    opcodes and the memo (the way picklers write them)."""
+    import io as _io
+    import pickletools
+
+    found: list[str] = []
+    stream = _io.BytesIO(data)
+    string_ops = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING",
+                  "BINSTRING", "SHORT_BINSTRING"}
+    for _ in range(max_pickles):
+        if stream.tell() >= len(data):
+            break
+        strings: list[str | None] = []  # what the last pushes were (None: not a string)
+        memo: dict[int, str | None] = {}
+        try:
+            for op, arg, _pos in pickletools.genops(stream):
+                name = op.name
+                if name == "GLOBAL":
+                    found.append(str(arg).replace(" ", ".", 1))
+                    strings.append(None)
+                elif name == "STACK_GLOBAL":
+                    mod, attr = (strings[-2], strings[-1]) if len(strings) >= 2 else (None, None)
+                    found.append(f"{mod}.{attr}" if mod and attr else "<unknown STACK_GLOBAL>")
+                    strings.append(None)
+                elif name in string_ops:
+                    strings.append(str(arg))
+                elif name in ("BINGET", "LONG_BINGET", "GET"):
+                    strings.append(memo.get(int(arg)))
+                elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                    memo[int(arg)] = strings[-1] if strings else None
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = strings[-1] if strings else None
+                elif name not in ("PROTO", "FRAME", "STOP"):
+                    strings.append(None)
+        except Exception:  # noqa: BLE001 - trailing raw data (legacy format): done
+            break
+    return [_builtins_name(g) for g in found]
+
+
+def _builtins_name(name: str) -> str:
+    return "builtins." + name[len("__builtin__."):] if name.startswith("__builtin__.") else name
+
+
+def unsafe_globals(path: str | os.PathLike) -> list[str]:
+    """Sorted names of the objects in a torch file that ``torch.load(weights_only=True)``
+    refuses (not in torch's allow-list, nor ``argparse.Namespace``), read statically."""
+    from torch import _weights_only_unpickler as wou
+
+    allowed = set(wou._get_allowed_globals()) | set(wou._get_user_allowed_globals())
+    allowed.add("argparse.Namespace")
+    names: set[str] = set()
+    for data in _pickle_streams(Path(path)):
+        names.update(pickle_globals(data))
+    return sorted(n for n in names if n not in allowed)
 
 
 def is_state_dict(obj: Any) -> bool:
@@ -136,3 +222,87 @@ def load_strict(
         raise WeightsError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict({k: v for k, v in state_dict.items() if k in target}, strict=True)
     return ignored
+
+
+# ------------------------------------------------------------------------- convert
+def tensors_only(obj: Any, where: str = "") -> dict[str, Any]:
+    """The tensors of a checkpoint object, keeping its nesting of dicts (``teacher``,
+    ``student``, ``state_dict``, ...): a ``nn.Module`` becomes its ``state_dict()``, any
+    other value (arguments, optimiser step, custom objects) is dropped."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"checkpoint{where or ''} is a {type(obj).__name__}, not a dict of "
+                           f"tensors")
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        if isinstance(value, nn.Module):
+            value = value.state_dict()
+        if isinstance(value, torch.Tensor):
+            out[str(key)] = value.detach().cpu().contiguous().clone()
+        elif isinstance(value, Mapping):
+            sub = tensors_only(value, f"{where}[{key!r}]")
+            if sub:
+                out[str(key)] = sub
+    return out
+
+
+def convert_weights_file(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    trust: bool = False,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """Rewrite a torch checkpoint that needs full unpickling as plain tensors.
+
+    ``trust=True`` is required: the input is loaded with ``weights_only=False``, which runs
+    whatever code the file carries. The output (``.pth``/``.pt``/``.bin``: the nested dicts
+    of tensors, loadable with ``weights_only=True``; ``.safetensors``: one flat state dict,
+    ``key`` naming the sub-dict to keep when there are several) is written atomically and
+    read back with the safe loader before this returns a summary.
+    """
+    from rl_benchmarks.utils.io import atomic_open, sha256_file
+
+    src, dst = Path(input_path).expanduser(), Path(output_path).expanduser()
+    if not trust:
+        raise WeightsError(f"{src}: converting loads it with full unpickling, which runs any "
+                           f"code the file carries; pass trust=true if you trust its source")
+    if not src.is_file():
+        raise WeightsError(f"weights file {src} does not exist")
+    if dst.suffix not in (".pth", ".pt", ".bin", ".safetensors"):
+        raise WeightsError(f"output {dst}: expected a .pth, .pt, .bin or .safetensors name")
+    if dst.resolve() == src.resolve():
+        raise WeightsError(f"output {dst} is the input file: give another name")
+    try:
+        obj = torch.load(src, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise WeightsError(f"{src}: cannot read weights file ({err})") from err
+    tensors = tensors_only(obj)
+    if key:
+        if not isinstance(tensors.get(key), Mapping):
+            raise WeightsError(f"{src}: no dict of tensors under key {key!r} (keys with "
+                               f"tensors: {sorted(tensors)[:12]})")
+        tensors = tensors[key]
+    if not tensors:
+        raise WeightsError(f"{src}: holds no tensors")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.suffix == ".safetensors":
+        from safetensors.torch import save as st_save
+
+        nested = sorted(k for k, v in tensors.items() if isinstance(v, Mapping))
+        if nested:
+            raise WeightsError(f"{src}: a .safetensors file holds one flat state dict, and this "
+                               f"checkpoint has the sub-dicts {nested[:12]}: pass key=<one of "
+                               f"them>, or write a .pth")
+        with atomic_open(dst, "wb") as f:
+            f.write(st_save(tensors, metadata={"format": "pt"}))
+    else:
+        with atomic_open(dst, "wb") as f:
+            torch.save(tensors, f)
+    read_weights_file(dst)  # the safe loader reads it back
+    return {"input": str(src), "input_sha256": sha256_file(src), "output": str(dst),
+            "output_sha256": sha256_file(dst), "key": key, "n_tensors": _count(tensors)}
+
+
+def _count(tree: Mapping[str, Any]) -> int:
+    return sum(_count(v) if isinstance(v, Mapping) else 1 for v in tree.values())

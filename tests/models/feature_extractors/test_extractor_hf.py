@@ -116,7 +116,7 @@ def test_cli_export_hf(tmp_path, capsys):
         torch.testing.assert_close(ext(x), ckpt.student(x), atol=1e-4, rtol=1e-4)
     assert main(["export-hf", f"output_dir={out}"]) == 2
     assert "weights_path is required" in capsys.readouterr().err
-    assert main(["export-hf", f"weights_path={tmp_path}/none.pth", f"output_dir={out}"]) == 1
+    assert main(["export-hf", f"weights_path={tmp_path}/none.pth", f"output_dir={out}"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
