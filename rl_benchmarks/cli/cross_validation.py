@@ -1,11 +1,19 @@
 """``rlbench cv task=<task> model=<model> ...``: nested cross-validation of a MIL model.
 
-Reference §7.6 bookkeeping: the run folder ``<logs_root_dir>/cross_validation/<name>/``
-(``name`` = hash of the configuration) holds ``status.pkl``, ``params.pkl``,
-``train_metrics.pkl``, ``test_metrics.pkl`` and ``<name>.log``; a completed experiment is
-skipped. Added: ``selected_params.json`` (the hyper-parameters chosen in each outer fold),
+Reference §7.6 bookkeeping, without pickles: the run folder
+``<logs_root_dir>/cross_validation/<name>/`` holds ``status.json``, ``params.json`` (the
+resolved configuration and the run's identity), ``train_metrics.json``,
+``test_metrics.json`` and ``<name>.log``; a completed experiment is skipped. Added:
+``selected_params.json`` (the hyper-parameters chosen in each outer fold),
 ``predictions/<fold>.csv`` (slide id, patient id, label or time/event, scores),
-``models/<fold>.pt`` (state dicts, for heatmaps) and ``summary.json``.
+``models/<fold>.pt`` (state dicts, for heatmaps) and ``summary.json``. The folder's layout,
+writers and readers live in :mod:`rl_benchmarks.val_schemes.experiment`.
+
+``name`` hashes the configuration and the identity of the features (extraction records) and
+of the cohort (its CSV or label files): other features or labels make another experiment.
+A lock file (``.lock``) makes a second concurrent run of the same experiment exit with a
+message naming the holder. A run whose outer-fold test metrics are not finite is not marked
+completed and exits non-zero.
 
 ``task=`` also takes a cohort CSV (``task=/path/cohort.csv``): the task skeleton of the
 reference is used with that cohort, and the loss and metrics follow the CSV's target
@@ -21,20 +29,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rl_benchmarks.paths import logs_dir
+from rl_benchmarks.cli.validation import hydra_quote
 from rl_benchmarks.utils.cross_validation import params2experiment_name, resume_training
-from rl_benchmarks.utils.io import atomic_open, save_pickle, write_csv, write_json
+from rl_benchmarks.val_schemes.experiment import (
+    ExperimentFolder,
+    ExperimentLockedError,
+    NonFiniteMetricsError,
+    build_dataset,
+    check_finite_test_metrics,
+    experiment_folder,
+    experiment_identity,
+    features_root,
+    identity_digests,
+    is_csv,
+    last_epoch_values,
+    logs_root,
+    predictions_frame,
+)
 
 logger = logging.getLogger("rl_benchmarks.cv")
 
 CSV_TASK_TEMPLATE = "tcga_crc_msi_prediction"
-_CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz")
 _TASK_HEADS = {
     "binary": (
         "rl_benchmarks.losses.BCEWithLogitsLoss",
@@ -48,8 +67,10 @@ _TASK_HEADS = {
 }
 
 
-def _is_csv(value: Any) -> bool:
-    return isinstance(value, str) and value.lower().endswith(_CSV_SUFFIXES)
+_is_csv = is_csv
+# moved to rl_benchmarks.val_schemes.experiment; importable from here as before
+__all__ = ["build_dataset", "features_root", "main", "predictions_frame", "prepare_config",
+           "preprocess_overrides", "run", "user_message"]
 
 
 def preprocess_overrides(overrides: list[str]) -> list[str]:
@@ -58,9 +79,11 @@ def preprocess_overrides(overrides: list[str]) -> list[str]:
     out: list[str] = []
     for item in overrides:
         key, sep, value = item.partition("=")
+        if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]  # a quoted path (Hydra quoting), e.g. task='/my data/c.csv'
         if sep and key in ("task", "+task") and _is_csv(value):
             path = str(Path(value).expanduser().resolve())
-            out += [f"task={CSV_TASK_TEMPLATE}", f"task.data.train.cohort={path}",
+            out += [f"task={CSV_TASK_TEMPLATE}", f"task.data.train.cohort={hydra_quote(path)}",
                     "task.data.train.label=null"]
         else:
             out.append(item)
@@ -102,21 +125,6 @@ def prepare_config(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def features_root(cfg: DictConfig) -> str | None:
-    """Reference cohorts: ``<features_root_dir or data_dir/preprocessed>/slides_classification/
-    features/<extractor>``; CSV cohorts: ``features_root_dir`` as given."""
-    if _is_csv(cfg.task.data.train.get("cohort")):
-        return cfg.get("features_root_dir")
-    extractor = cfg.task.data.get("feature_extractor", "iBOTViTBasePANCAN")
-    if cfg.get("features_root_dir"):
-        root = Path(cfg.features_root_dir)
-    else:
-        from rl_benchmarks.constants import preprocessed_dir
-
-        root = Path(preprocessed_dir(cfg.get("data_dir")))
-    return str(root / "slides_classification" / "features" / str(extractor))
-
-
 def _attach_log(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -126,42 +134,10 @@ def _attach_log(path: Path) -> logging.Handler:
     return handler
 
 
-def build_dataset(cfg: DictConfig, data_cfg: DictConfig | None = None) -> Any:
-    """Instantiate ``task.data.train`` (or ``data_cfg``) with the features root (n_tiles
-    reaches the dataset through the task's interpolation)."""
-    kwargs: dict[str, Any] = {"features_root_dir": features_root(cfg)}
-    if cfg.get("data_dir"):
-        kwargs["data_dir"] = cfg.data_dir
-    data_cfg = cfg.task.data.train if data_cfg is None else data_cfg
-    return instantiate(data_cfg, **kwargs)
-
-
-def predictions_frame(dataset: Any, indices: np.ndarray, labels: np.ndarray,
-                      logits: np.ndarray, fold: str) -> pd.DataFrame:
-    """One row per slide: fold, slide_id, patient_id, the target, the score(s)."""
-    frame = pd.DataFrame({
-        "fold": fold,
-        "slide_id": np.asarray(getattr(dataset, "slide_id", np.arange(len(dataset))))[indices],
-        "patient_id": np.asarray(dataset.patient_id)[indices],
-    })
-    y = np.asarray(labels, dtype=float).reshape(len(indices), -1)[:, 0]
-    if getattr(dataset, "task", None) == "survival":
-        frame["time"], frame["event"] = np.abs(y), (y > 0).astype(int)
-    else:
-        frame["label"] = y.astype(int) if np.all(np.isfinite(y)) else y
-    logits = np.asarray(logits, dtype=float).reshape(len(indices), -1)
-    if logits.shape[1] == 1:
-        frame["score"] = logits[:, 0]
-    else:
-        for k in range(logits.shape[1]):
-            frame[f"score_{k}"] = logits[:, k]
-    return frame
-
-
 def _summarise(metrics: dict[str, dict[str, list]]) -> dict[str, dict[str, float]]:
     out = {}
     for name, folds in metrics.items():
-        last = np.array([v[-1] if len(v) else np.nan for v in folds.values()], dtype=float)
+        last = last_epoch_values(folds)
         out[name] = {"mean": float(np.nanmean(last)) if np.isfinite(last).any() else float("nan"),
                      "std": float(np.nanstd(last)) if np.isfinite(last).any() else float("nan"),
                      "folds": last.tolist()}
@@ -171,50 +147,60 @@ def _summarise(metrics: dict[str, dict[str, list]]) -> dict[str, dict[str, float
 def run(cfg: DictConfig) -> Path:
     """Run (or skip) one experiment; returns its folder."""
     cfg = prepare_config(cfg)
-    name = params2experiment_name(cfg)
-    folder = logs_dir(cfg.get("logs_root_dir")) / "cross_validation" / name
-    if resume_training(folder):
-        print(f"rlbench cv: already completed, skipped: {folder}")
-        return folder
+    root = logs_root(cfg.get("logs_root_dir"))
+    dataset = build_dataset(cfg)
+    identity = experiment_identity(cfg, dataset)
+    name = params2experiment_name(cfg, identity_digests(identity))
+    exp = experiment_folder(root, name)
+    with exp.lock():
+        if resume_training(exp.path):
+            print(f"rlbench cv: already completed, skipped: {exp.path}")
+            return exp.path
+        _run_locked(cfg, exp, dataset, identity)
+    return exp.path
+
+
+def _run_locked(cfg: DictConfig, exp: ExperimentFolder, dataset: Any,
+                identity: dict[str, Any]) -> None:
+    """Train and write the experiment (the caller holds its lock and emptied its folder)."""
     start = time.time()
-    handler = _attach_log(folder / f"{name}.log")
+    handler = _attach_log(exp.path / f"{exp.name}.log")
     try:
-        save_pickle(folder / "params.pkl", cfg)
-        logger.info("experiment %s\n%s", name, OmegaConf.to_yaml(cfg))
-        dataset = build_dataset(cfg)
+        exp.write_params(OmegaConf.to_container(cfg, resolve=True), identity)
+        logger.info("experiment %s\n%s", exp.name, OmegaConf.to_yaml(cfg))
         if hasattr(dataset, "summary"):
             logger.info("%s", dataset.summary())
         ncv = instantiate(cfg.task.validation_scheme, _recursive_=False,
                           seed=int(cfg.get("seed", 0)), fast=bool(cfg.get("fast", True)),
                           precision=str(cfg.get("precision", "fp32")))
         train_metrics, test_metrics = ncv.run(dataset)
-        save_pickle(folder / "train_metrics.pkl", train_metrics)
-        save_pickle(folder / "test_metrics.pkl", test_metrics)
-        write_json(folder / "selected_params.json", ncv.selected_params)
-        frames = []
+        exp.write_metrics("train", train_metrics)
+        exp.write_metrics("test", test_metrics)
+        exp.write_selected_params(ncv.selected_params)
         for key, pred in ncv.predictions.items():
-            frame = predictions_frame(dataset, pred["indices"], pred["labels"], pred["logits"], key)
-            write_csv(folder / "predictions" / f"{key}.csv", frame, index=False)
-            frames.append(frame)
+            exp.write_predictions(key, predictions_frame(dataset, pred["indices"],
+                                                         pred["labels"], pred["logits"], key))
         if cfg.get("save_models", True):
             for key, state in ncv.fold_state_dicts.items():
-                with atomic_open(folder / "models" / f"{key}.pt", "wb") as f:
-                    torch.save(state, f)
+                exp.save_fold_model(key, state)
+        extractor = identity["features"]["extractor"] or cfg.task.data.get("feature_extractor")
         summary = {
-            "experiment": name,
+            "experiment": exp.name,
             "test": _summarise(test_metrics),
             "selected_params": ncv.selected_params,
             "fast_path": ncv.used_fast_path,
+            "extractor": extractor,
+            "identity": identity,
             "wall_time_s": round(time.time() - start, 1),
         }
+        check_finite_test_metrics(test_metrics)  # before anything says "completed"
         if cfg.get("test_cohort"):
             from rl_benchmarks.val_schemes.train_test import evaluate_test_cohort
 
-            summary["test_cohort"] = evaluate_test_cohort(cfg, ncv, folder)
-        write_json(folder / "summary.json", summary)
-        save_pickle(folder / "status.pkl", {"completed": True})
-        _print_summary(folder, summary)
-        return folder
+            summary["test_cohort"] = evaluate_test_cohort(cfg, ncv, exp.path)
+        exp.write_summary(summary)
+        exp.write_status(True)
+        _print_summary(exp.path, summary)
     finally:
         logging.getLogger("rl_benchmarks").removeHandler(handler)
         handler.close()
@@ -240,9 +226,13 @@ def main(cfg: DictConfig) -> int:
     """Entry point of ``rlbench cv``; returns the exit code."""
     try:
         run(cfg)
-    except (ValueError, FileNotFoundError, MemoryError, KeyError, InstantiationException) as err:
+    except (NonFiniteMetricsError, ExperimentLockedError) as err:  # the work failed
         print(f"rlbench cv: error: {user_message(err)}", file=sys.stderr)
         return 1
+    except (ValueError, FileNotFoundError, MemoryError, KeyError,
+            InstantiationException) as err:  # bad input
+        print(f"rlbench cv: error: {user_message(err)}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from rl_benchmarks.cli.main import run
+from rl_benchmarks.cli.validation import hydra_quote
 from rl_benchmarks.utils.io import write_csv
 
 RANDOM_NOTE = ("Tile features come from a RANDOMLY INITIALISED ViT-Tiny (no pretrained weights "
@@ -23,9 +24,17 @@ RANDOM_NOTE = ("Tile features come from a RANDOMLY INITIALISED ViT-Tiny (no pret
                "Run `rlbench demo weights_path=<ibot_vit_base_pancan.pth>` for Phikon features.")
 
 
+class DemoStepFailed(Exception):
+    """A step of the demo returned a non-zero exit code (its own message was printed)."""
+
+    def __init__(self, name: str, code: int) -> None:
+        super().__init__(f"demo: the step '{name}' failed (exit code {code})")
+        self.code = code
+
+
 def _step(name: str, code: int) -> None:
     if code != 0:
-        raise RuntimeError(f"demo: the step '{name}' failed (exit code {code})")
+        raise DemoStepFailed(name, code)
 
 
 def extractor_overrides(weights_path: str | None, quick: bool) -> tuple[list[str], str, str]:
@@ -37,9 +46,9 @@ def extractor_overrides(weights_path: str | None, quick: bool) -> tuple[list[str
                 f"ViT-Tiny/16 (timm, {depth} blocks), random weights", "ViT-Tiny-random")
     path = Path(weights_path)
     if path.is_dir():
-        return (["feature_extractor=phikon_hf", f"feature_extractor.weights_path={path}"],
+        return (["feature_extractor=phikon_hf", f"feature_extractor.weights_path={hydra_quote(path)}"],
                 f"Phikon (Hugging Face folder {path})", "Phikon")
-    return ([f"feature_extractor.weights_path={path}"], f"Phikon (iBOT checkpoint {path})",
+    return ([f"feature_extractor.weights_path={hydra_quote(path)}"], f"Phikon (iBOT checkpoint {path})",
             "Phikon")
 
 
@@ -54,6 +63,15 @@ def cv_overrides(cfg: DictConfig, quick: bool, features: str) -> list[str]:
 
 
 def main(cfg: DictConfig) -> int:
+    """Run the demo; a failed step prints one line and returns that step's exit code."""
+    try:
+        return _run(cfg)
+    except DemoStepFailed as err:
+        print(str(err), file=sys.stderr)
+        return err.code
+
+
+def _run(cfg: DictConfig) -> int:
     from rl_benchmarks.demo.synthetic import generate_cohort
 
     t0 = time.perf_counter()
@@ -69,7 +87,7 @@ def main(cfg: DictConfig) -> int:
 
     # 2. Tissue detection and tiling (coords.npy + QC thumbnails).
     tiles_dir = out / "tiles"
-    _step("tile", run("tile", [f"slides={cohort.csv_path}", f"output_dir={tiles_dir}",
+    _step("tile", run("tile", [f"slides={hydra_quote(cohort.csv_path)}", f"output_dir={hydra_quote(tiles_dir)}",
                                f"num_workers={cfg.num_workers}"]))
 
     # 3. Tile features.
@@ -81,7 +99,7 @@ def main(cfg: DictConfig) -> int:
     write_csv(slides_csv, frame[["slide_path", "coords_path"]], index=False)
     features_dir = out / "features"
     _step("extract-slides", run("extract-slides", [
-        f"slides={slides_csv}", f"output_dir={features_dir}", "batch_size=32",
+        f"slides={hydra_quote(slides_csv)}", f"output_dir={hydra_quote(features_dir)}", "batch_size=32",
         f"num_workers={min(int(cfg.num_workers), 1)}", f"seed={cfg.seed}", *ext_args,
     ]))
 
@@ -95,10 +113,10 @@ def main(cfg: DictConfig) -> int:
     experiments = []
     for model in cfg.models:
         _step(f"cv {model}", run("cv", [f"task={cls_csv}", f"model={model}",
-                                        f"logs_root_dir={logs}", *cv_overrides(cfg, quick, features_name)]))
+                                        f"logs_root_dir={hydra_quote(logs)}", *cv_overrides(cfg, quick, features_name)]))
         experiments.append(("classification", model))
     _step("cv survival", run("cv", [f"task={surv_csv}", f"model={cfg.survival_model}",
-                                    f"logs_root_dir={logs}", *cv_overrides(cfg, quick, features_name)]))
+                                    f"logs_root_dir={hydra_quote(logs)}", *cv_overrides(cfg, quick, features_name)]))
     experiments.append(("survival", cfg.survival_model))
 
     # 5. Heatmaps of the highest-scoring test slides, each drawn by its own fold's model.
@@ -135,22 +153,21 @@ def main(cfg: DictConfig) -> int:
 
 def draw_heatmaps(logs: Path, cohort, features_dir: Path, out_dir: Path, n: int) -> list[Path]:
     """Heatmaps for every experiment whose model has tile scores."""
-    import pickle
-
     from hydra.utils import instantiate
 
     from rl_benchmarks.models import slide_models
     from rl_benchmarks.reports.heatmap import heatmaps_from_cv
+    from rl_benchmarks.val_schemes.experiment import iter_experiments
 
     slides = {
         row.slide_id: (row.slide_path, str(features_dir / Path(row.slide_path).name / "features.npy"))
         for row in cohort.frame.itertuples(index=False)
     }
     drawn: list[Path] = []
-    for exp in sorted((logs / "cross_validation").glob("*/")):
-        if not (exp / "models").is_dir():
+    for experiment in iter_experiments(logs):
+        if not experiment.fold_model_paths():
             continue
-        params = pickle.loads((exp / "params.pkl").read_bytes())
+        params = experiment.read_params()
         node = dict(params["task"]["validation_scheme"]["trainer_cfg"]["model"])
         model = str(node.pop("_target_")).rsplit(".", 1)[-1]  # the registry takes class names
         if not hasattr(getattr(slide_models, model, None), "tile_scores"):
@@ -158,7 +175,7 @@ def draw_heatmaps(logs: Path, cohort, features_dir: Path, out_dir: Path, n: int)
         # the exact constructor arguments the experiment trained with
         kwargs = instantiate({k: v for k, v in node.items()
                               if k not in ("in_features", "out_features")}, _convert_="all")
-        drawn += heatmaps_from_cv(exp, slides, model, out_dir, model_kwargs=kwargs,
+        drawn += heatmaps_from_cv(experiment.path, slides, model, out_dir, model_kwargs=kwargs,
                                   use_reference_kwargs=False, max_slides=n)
     return drawn
 

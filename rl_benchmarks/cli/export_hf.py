@@ -30,7 +30,8 @@ def main(cfg: DictConfig) -> int:
                             atol=float(cfg.atol), **extra)
     except (WeightsError, ValueError, FileNotFoundError) as err:
         print(f"rlbench export-hf: {err}", file=sys.stderr)
-        return 1
+        # a failed verification is work that failed; anything else is bad input
+        return 1 if str(err).startswith("export check failed") else 2
     check = (f"; max |HF - iBOTViT| = {summary['verify_max_abs_diff']:.2e}"
              if "verify_max_abs_diff" in summary else "")
     print(f"exported {summary['source']} ({summary['encoder']}, ViT d={summary['embed_dim']} "

@@ -59,7 +59,7 @@ def compute_scores(cfg: DictConfig) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def main(cfg: DictConfig) -> int:
-    """Write the heatmap PNG (and the scores); 0 on success, 1 on a user error."""
+    """Write the heatmap PNG (and the scores); 0 on success, 2 on bad input."""
     from rl_benchmarks.reports.heatmap import HeatmapError, draw_heatmap
     from rl_benchmarks.utils.io import save_npy
 
@@ -74,7 +74,7 @@ def main(cfg: DictConfig) -> int:
                           alpha=float(cfg.alpha), title=cfg.title, score_label=label)
     except (FileNotFoundError, ValueError, HeatmapError) as exc:
         print(f"rlbench heatmap: {exc}", file=sys.stderr)
-        return 1
+        return 2
     if cfg.save_scores:
         save_npy(out.with_name(f"{out.stem}_scores.npy"), scores.astype(np.float32))
     top = np.argsort(-np.nan_to_num(scores, nan=-np.inf))[:3]

@@ -29,7 +29,7 @@ def main(cfg: DictConfig) -> int:
                            draw_figures=bool(cfg.draw_figures), notes=[str(n) for n in notes])
     except (FileNotFoundError, PredictionsError, ValueError) as exc:
         print(f"rlbench report: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(f"report: {rep.path}")
     print(f"  experiments: {len(rep.experiments)}, figures drawn: {len(rep.figures)}, "
           f"pictures linked: {len(rep.images)}")

@@ -1,5 +1,9 @@
 """``rlbench results``: one CSV row per completed cross-validation experiment (reference §8),
-plus the hyper-parameters selected in each outer fold. Honours ``logs_root_dir``."""
+plus the hyper-parameters selected in each outer fold. Honours ``logs_root_dir``.
+
+Run folders are read by :mod:`rl_benchmarks.val_schemes.experiment`: JSON files, or the
+reference's pickles through its restricted unpickler (a pickle that asks for anything but
+plain data stops the command with an error naming the file)."""
 
 from __future__ import annotations
 
@@ -11,10 +15,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from rl_benchmarks.paths import logs_dir
-from rl_benchmarks.utils.io import load_pickle, write_csv
+from rl_benchmarks.utils.io import write_csv
+from rl_benchmarks.val_schemes.experiment import (
+    CV_SUBDIR,
+    UnsafePickleError,
+    iter_experiments,
+    last_epoch_values,
+    load_run,
+    logs_root,
+)
 
 logger = logging.getLogger("rl_benchmarks.results")
 
@@ -26,7 +37,7 @@ COLUMNS = [
 ]
 EXTRA_COLUMNS = [
     "selected_learning_rate", "selected_weight_decay", "selected_num_epochs", "selected_params",
-    "experiment",
+    "experiment", "extractor", "features_identity", "cohort_identity",
 ]
 
 
@@ -45,13 +56,10 @@ def _joined(values: list[Any]) -> str:
 
 def experiment_row(folder: Path) -> dict[str, Any] | None:
     """The results row of one experiment folder (None when it is not completed)."""
-    status = folder / "status.pkl"
-    if not status.is_file() or not load_pickle(status).get("completed"):
+    record = load_run(folder)
+    if record is None:
         return None
-    params = load_pickle(folder / "params.pkl")
-    if isinstance(params, DictConfig):
-        params = OmegaConf.to_container(params, resolve=True)
-    test_metrics = load_pickle(folder / "test_metrics.pkl")
+    params, test_metrics = record.params, record.test_metrics
     task = params.get("task", {})
     vs = task.get("validation_scheme", {})
     trainer = vs.get("trainer_cfg", {})
@@ -74,15 +82,13 @@ def experiment_row(folder: Path) -> dict[str, Any] | None:
     for metric in ("auc", "accuracy", "cindex"):
         folds = test_metrics.get(metric)
         if folds:
-            last = np.array([v[-1] if len(v) else np.nan for v in folds.values()], dtype=float)
+            last = last_epoch_values(folds)
             row[f"mean_{metric}"] = np.nanmean(last) if np.isfinite(last).any() else np.nan
             row[f"std_{metric}"] = np.nanstd(last) if np.isfinite(last).any() else np.nan
         else:
             row[f"mean_{metric}"] = row[f"std_{metric}"] = np.nan
-    logs = sorted(folder.glob("*.log"))
-    row["log_path"] = str(logs[0]) if logs else ""
-    selected_file = folder / "selected_params.json"
-    selected = json.loads(selected_file.read_text()) if selected_file.is_file() else {}
+    row["log_path"] = str(record.log_path) if record.log_path else ""
+    selected = record.selected_params
     row["selected_learning_rate"] = _joined([p.get("learning_rate") for p in selected.values()])
     row["selected_weight_decay"] = _joined([p.get("weight_decay") for p in selected.values()])
     row["selected_num_epochs"] = _joined([p.get("num_epochs") for p in selected.values()])
@@ -91,16 +97,23 @@ def experiment_row(folder: Path) -> dict[str, Any] | None:
         sort_keys=True,
     )
     row["experiment"] = folder.name
+    identity = record.summary.get("identity") or params.get("identity") or {}
+    row["extractor"] = record.summary.get("extractor", row["features"])
+    row["features_identity"] = (identity.get("features") or {}).get("digest", "")
+    row["cohort_identity"] = (identity.get("cohort") or {}).get("digest", "")
     return row
 
 
 def collect(root: Path) -> pd.DataFrame:
     """Rows of every completed experiment under ``root/cross_validation``."""
     rows = []
-    for folder in sorted((root / "cross_validation").glob("*/")):
+    for exp in iter_experiments(root):
+        folder = exp.path
         try:
             row = experiment_row(folder)
-        except (OSError, EOFError, KeyError, AttributeError, ValueError) as err:
+        except UnsafePickleError:
+            raise  # a crafted file: stop, never skip silently
+        except (OSError, KeyError, AttributeError, ValueError) as err:
             logger.warning("%s: skipped, unreadable (%s)", folder, err)
             continue
         if row is not None:
@@ -111,16 +124,20 @@ def collect(root: Path) -> pd.DataFrame:
 def main(cfg: DictConfig) -> int:
     """Entry point of ``rlbench results``."""
     try:
-        root = logs_dir(cfg.get("logs_root_dir"))
+        root = logs_root(cfg.get("logs_root_dir"))
     except ValueError as err:
         print(f"rlbench results: error: {err}", file=sys.stderr)
-        return 1
-    if not (root / "cross_validation").is_dir():
-        print(f"rlbench results: error: {root / 'cross_validation'} does not exist "
+        return 2
+    if not (root / CV_SUBDIR).is_dir():
+        print(f"rlbench results: error: {root / CV_SUBDIR} does not exist "
               "(no cross-validation run there)", file=sys.stderr)
-        return 1
-    frame = collect(root)
-    out = Path(cfg.get("output") or root / "cross_validation" / "nested_cross_validation_results.csv")
+        return 2
+    try:
+        frame = collect(root)
+    except UnsafePickleError as err:
+        print(f"rlbench results: error: {err}", file=sys.stderr)
+        return 2
+    out = Path(cfg.get("output") or root / CV_SUBDIR / "nested_cross_validation_results.csv")
     write_csv(out, frame, index=False)
     print(f"rlbench results: {len(frame)} completed experiment(s) -> {out}")
     if len(frame):

@@ -220,9 +220,14 @@ def heatmaps_from_cv(
 
     from rl_benchmarks.models.slide_models import REFERENCE_MODEL_KWARGS, create_slide_model
     from rl_benchmarks.reports.predictions import load_predictions
+    from rl_benchmarks.val_schemes.experiment import ExperimentFolder
 
-    exp = Path(experiment_dir)
-    preds = load_predictions(exp / "predictions")
+    run = ExperimentFolder(Path(experiment_dir))
+    exp = run.path
+    files = run.prediction_files()
+    if not files:
+        raise HeatmapError(f"{exp}: no predictions/<fold>.csv (not a rlbench cv run folder?)")
+    preds = load_predictions(files)
     preds = preds[preds["slide_id"].astype(str).isin(slides)]
     if preds.empty:
         raise HeatmapError(f"{exp}: none of the given slides is in its predictions")
@@ -237,13 +242,13 @@ def heatmaps_from_cv(
         features = np.load(features_path)
         key = str(row.fold_name)
         if key not in models:
-            state = load_state_dict(exp / "models" / f"{key}.pt")
+            state = load_state_dict(run.model_path(key))
             net = create_slide_model(model, in_features=features.shape[1] - 3,
                                      out_features=out_features or _out_features(state), **kwargs)
             try:
                 net.load_state_dict(state, strict=True)
             except RuntimeError as exc:
-                raise HeatmapError(f"{exp / 'models' / (key + '.pt')}: does not fit model {model} "
+                raise HeatmapError(f"{run.model_path(key)}: does not fit model {model} "
                                    f"with {kwargs}: {str(exc).splitlines()[0]}") from None
             models[key] = net
         with torch.no_grad():

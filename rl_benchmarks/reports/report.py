@@ -9,8 +9,9 @@ What is found under ``run_dir`` (recursively, hidden files skipped):
 
 * predictions: ``predictions*.csv`` files, and every CSV in a ``predictions/`` folder (as
   ``rlbench cv`` writes them); the files of one folder are one experiment, named after
-  that folder (or, for ``predictions/``, its parent; with a ``params.pkl`` beside it the
-  model, features, cohort and label make the name);
+  that folder (or, for ``predictions/``, its parent; with a ``params.json`` (or a reference
+  ``params.pkl``, read as plain data only) beside it the model, features, cohort and label
+  make the name);
 * the results table: ``results_csv`` if given, else the first of
   ``nested_cross_validation_results.csv`` / ``results.csv`` (shallowest first), else a
   table computed from the predictions;
@@ -103,27 +104,36 @@ def find_predictions(run_dir: str | os.PathLike) -> dict[str, list[Path]]:
 
 
 def _experiment_label(folder: Path) -> str | None:
-    """"ABMIL · iBOTViTBasePANCAN · TCGA_CRC MSI" from ``params.pkl`` of a ``rlbench cv`` run."""
-    params = folder / "params.pkl"
-    if not params.is_file():
+    """"ABMIL · iBOTViTBasePANCAN · TCGA_CRC MSI" from the configuration of a ``rlbench cv``
+    run (``params.json``, or a reference ``params.pkl`` read as plain data only: one that
+    asks for anything else raises ``UnsafePickleError``)."""
+    from rl_benchmarks.val_schemes.experiment import PARAMS, ExperimentFolder, UnsafePickleError
+
+    exp = ExperimentFolder(folder)
+    if exp.find(PARAMS) is None:
         return None
     try:
-        import pickle
-
-        from omegaconf import OmegaConf
-
-        with open(params, "rb") as f:
-            cfg = pickle.load(f)  # our own run's file (written by rlbench cv)
-        target = OmegaConf.select(cfg, "task.validation_scheme.trainer_cfg.model._target_") or ""
-        parts = [
-            str(target).rsplit(".", 1)[-1],
-            OmegaConf.select(cfg, "task.data.feature_extractor") or "",
-            " ".join(str(OmegaConf.select(cfg, f"task.data.train.{k}") or "") for k in ("cohort", "label")),
-        ]
-        label = " · ".join(p.strip() for p in parts if p and p.strip())
-        return label or None
+        cfg = exp.read_params()
+    except UnsafePickleError:
+        raise
     except Exception:  # noqa: BLE001 - a label is a nicety; fall back to the folder name
         return None
+
+    def get(path: str) -> object:
+        node: object = cfg
+        for key in path.split("."):
+            if not isinstance(node, dict):
+                return None
+            node = node.get(key)
+        return node
+
+    parts = [
+        str(get("task.validation_scheme.trainer_cfg.model._target_") or "").rsplit(".", 1)[-1],
+        str(get("task.data.feature_extractor") or ""),
+        " ".join(str(get(f"task.data.train.{k}") or "") for k in ("cohort", "label")),
+    ]
+    label = " · ".join(p.strip() for p in parts if p and p.strip())
+    return label or None
 
 
 def _slug(name: str) -> str:

@@ -16,8 +16,6 @@ _LAZY = {
     "resume_training": "rl_benchmarks.utils.cross_validation",
     "sigmoid": "rl_benchmarks.utils.functional",
     "softmax": "rl_benchmarks.utils.functional",
-    "save_pickle": "rl_benchmarks.utils.io",
-    "load_pickle": "rl_benchmarks.utils.io",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,7 +1,10 @@
 """Experiment bookkeeping of the cross-validation command (reference §7.6).
 
-An experiment is named by a hash of its configuration (without the paths and the device),
-so the same configuration always maps to the same folder and a completed one is skipped.
+An experiment is named by a hash of its configuration (without the paths and the device)
+and, in ``rlbench cv``, of the identity of its features and cohort: the same run always
+maps to the same folder and a completed one is skipped, while a run on other features or
+labels gets a folder of its own. The folder's files are read and written by
+:mod:`rl_benchmarks.val_schemes.experiment`.
 """
 
 from __future__ import annotations
@@ -9,14 +12,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rl_benchmarks.utils.io import load_pickle, save_pickle
 from rl_benchmarks.utils.seed import set_seed
 
 __all__ = ["params2experiment_name", "resume_training", "set_seed", "flatten", "NAME_EXCLUDED"]
@@ -37,9 +38,16 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def params2experiment_name(params: DictConfig | Mapping[str, Any]) -> str:
+def params2experiment_name(
+    params: DictConfig | Mapping[str, Any], identity: Mapping[str, str] | None = None
+) -> str:
     """A stable name for a configuration: sha256 of the sorted flattened items (without
-    paths and device), base64-encoded with "/" replaced by "0"."""
+    paths and device), base64-encoded with "/" replaced by "0".
+
+    ``identity`` (``{"features": <digest>, "cohort": <digest>}``) enters the hash too, so
+    the same configuration on other features or labels gets another name; without it the
+    name is the reference's.
+    """
     container = (
         OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig)
         else dict(params)
@@ -50,23 +58,26 @@ def params2experiment_name(params: DictConfig | Mapping[str, Any]) -> str:
     if isinstance(trainer, dict):
         trainer.pop("device", None)
     items = sorted(flatten(container).items())
+    if identity:
+        items += sorted((f"identity.{k}", str(v)) for k, v in identity.items())
     digest = hashlib.sha256(repr(items).encode()).digest()
     return base64.b64encode(digest).decode().replace("/", "0").rstrip("=")
 
 
 def resume_training(experiment_folder: str | os.PathLike) -> bool:
     """True when the experiment in ``experiment_folder`` is completed (skip it); otherwise
-    wipe the folder (a partial run) and recreate it empty, and return False."""
-    folder = Path(experiment_folder)
-    status = folder / "status.pkl"
-    if status.is_file():
-        try:
-            if load_pickle(status).get("completed"):
-                return True
-        except Exception:  # noqa: BLE001 - an unreadable status means an unfinished run
-            pass
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    save_pickle(status, {"completed": False})
+    empty the folder (a partial run; its lock file is kept), mark it not completed and
+    return False. A reference-format ``status.pkl`` is read through the restricted
+    unpickler: one that asks for anything but plain data raises ``UnsafePickleError``."""
+    from rl_benchmarks.val_schemes.experiment import ExperimentFolder, UnsafePickleError
+
+    exp = ExperimentFolder(Path(experiment_folder))
+    try:
+        if exp.is_completed():
+            return True
+    except UnsafePickleError:
+        raise
+    except (OSError, ValueError):  # an unreadable status means an unfinished run
+        pass
+    exp.reset()
     return False

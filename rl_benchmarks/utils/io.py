@@ -1,5 +1,8 @@
 """Atomic writers: every output is written to a temporary name in the same folder
-and renamed when complete, so a killed run never leaves a half-written file."""
+and renamed when complete, so a killed run never leaves a half-written file.
+
+Nothing here writes a pickle: run folders are JSON, CSV, ``.npy`` (without object arrays)
+and ``torch.save`` state dicts (see :mod:`rl_benchmarks.val_schemes.experiment`)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import contextlib
 import hashlib
 import json
 import os
-import pickle
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,9 +47,15 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    """``np.save`` atomically (no ``.npy`` suffix is appended)."""
+    """``np.save`` atomically (no ``.npy`` suffix is appended), never as a pickle: an object
+    array of strings is written as a unicode array; any other object array is an error."""
+    array = np.asarray(array)
+    if array.dtype == object:
+        if not all(isinstance(v, str) for v in array.flat):
+            raise ValueError(f"{path}: refusing to save an object array (it would be a pickle)")
+        array = array.astype(str)
     with atomic_open(path, "wb") as f:
-        np.save(f, array, allow_pickle=array.dtype == object)
+        np.save(f, array, allow_pickle=False)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -57,16 +65,6 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def save_pickle(path: str | os.PathLike, obj: Any) -> None:
-    with atomic_open(path, "wb") as f:
-        pickle.dump(obj, f)
-
-
-def load_pickle(path: str | os.PathLike) -> Any:
-    with open(path, "rb") as f:
-        return pickle.load(f)
 
 
 def write_csv(path: str | os.PathLike, frame: Any, **kwargs: Any) -> None:

@@ -19,7 +19,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rl_benchmarks.trainers.ensemble_trainer import Preloaded, preload
-from rl_benchmarks.utils.io import write_csv
+from rl_benchmarks.val_schemes.experiment import (
+    ExperimentFolder,
+    build_dataset,
+    predictions_frame,
+)
 
 
 @torch.no_grad()
@@ -60,9 +64,8 @@ def bootstrap_ci(metric: Callable[[np.ndarray, np.ndarray], float], labels: np.n
 
 
 def evaluate_test_cohort(cfg: DictConfig, ncv: Any, folder: Path) -> dict[str, Any]:
-    """Score ``cfg.test_cohort`` with the mean logits of ``ncv``'s fold models."""
-    from rl_benchmarks.cli.cross_validation import build_dataset, predictions_frame
-
+    """Score ``cfg.test_cohort`` with the mean logits of ``ncv``'s fold models; writes
+    ``test_predictions.csv`` in the experiment ``folder``."""
     data_cfg = OmegaConf.create(OmegaConf.to_container(cfg.task.data.train, resolve=True))
     data_cfg.cohort = str(cfg.test_cohort)
     dataset = build_dataset(cfg, data_cfg)
@@ -86,7 +89,7 @@ def evaluate_test_cohort(cfg: DictConfig, ncv: Any, folder: Path) -> dict[str, A
         for k in range(logits.shape[1]):
             col = f"score_{key}" if logits.shape[1] == 1 else f"score_{k}_{key}"
             frame[col] = logits[:, k]
-    write_csv(folder / "test_predictions.csv", frame, index=False)
+    ExperimentFolder(Path(folder)).write_test_predictions(frame)
     return {"cohort": str(cfg.test_cohort), "metric": name, "value": value, "ci_low": low,
             "ci_high": high, "ci_level": 0.95, "n_slides": len(dataset),
             "n_models": len(per_fold)}

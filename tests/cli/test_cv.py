@@ -15,7 +15,7 @@ from lifelines.utils import concordance_index
 from sklearn.metrics import roc_auc_score
 
 from rl_benchmarks.cli.main import main as rlbench
-from rl_benchmarks.utils.io import load_pickle
+from rl_benchmarks.val_schemes.experiment import ExperimentFolder
 
 ROOT = Path(__file__).resolve().parents[2]
 D = 8
@@ -73,11 +73,12 @@ def test_cv_end_to_end_then_results(tmp_path, capsys):
     runs = list((logs / "cross_validation").iterdir())
     assert len(runs) == 1
     run = runs[0]
-    for name in ("status.pkl", "params.pkl", "train_metrics.pkl", "test_metrics.pkl",
+    for name in ("status.json", "params.json", "train_metrics.json", "test_metrics.json",
                  f"{run.name}.log", "selected_params.json", "summary.json"):
         assert (run / name).is_file(), name
-    assert load_pickle(run / "status.pkl") == {"completed": True}
-    test_metrics = load_pickle(run / "test_metrics.pkl")
+    assert not list(run.rglob("*.pkl")) and not (run / ".lock").exists()
+    assert json.loads((run / "status.json").read_text()) == {"completed": True}
+    test_metrics = ExperimentFolder(run).read_metrics("test")
     assert set(test_metrics) >= {"auc", "accuracy"}
     assert set(test_metrics["auc"]) == {"repeat_1_split_1", "repeat_1_split_2"}
 
@@ -137,7 +138,7 @@ def test_cv_survival_plain_path_chowder(tmp_path):
                                  *SMALL])
     assert rlbench(["cv", *args]) == 0
     (run,) = list((logs / "cross_validation").iterdir())
-    test_metrics = load_pickle(run / "test_metrics.pkl")
+    test_metrics = ExperimentFolder(run).read_metrics("test")
     assert set(test_metrics) == {"cindex", "loss"}
     summary = json.loads((run / "summary.json").read_text())
     assert summary["fast_path"] is False  # asked for the plain path
@@ -214,7 +215,7 @@ def test_cv_bad_cohort_is_one_clear_line(tmp_path, capsys):
 
     args = preprocess_overrides([f"task={csv}", f"logs_root_dir={tmp_path / 'logs'}", *SMALL,
                                  "task.validation_scheme.n_splits_outer=5"])
-    assert rlbench(["cv", *args]) == 1
+    assert rlbench(["cv", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("rlbench cv: error:")
     assert "n_splits=5" in err[-1]

@@ -38,3 +38,14 @@ def test_derive_seed_is_stable_and_distinct():
     assert derive_seed(0, "slide_a") == derive_seed(0, "slide_a")
     assert derive_seed(0, "slide_a") != derive_seed(0, "slide_b")
     assert derive_seed(1, "slide_a") != derive_seed(0, "slide_a")
+
+
+def test_save_npy_never_writes_a_pickle(tmp_path):
+    ids = np.array(["a", "bb", "ccc"], dtype=object)
+    io.save_npy(tmp_path / "ids.npy", ids)
+    back = np.load(tmp_path / "ids.npy", allow_pickle=False)  # readable without pickle
+    assert back.tolist() == ["a", "bb", "ccc"]
+    with pytest.raises(ValueError, match=r"mixed\.npy: refusing to save an object array"):
+        io.save_npy(tmp_path / "mixed.npy", np.array(["a", 1], dtype=object))
+    assert not (tmp_path / "mixed.npy").exists()
+    assert not hasattr(io, "save_pickle") and not hasattr(io, "load_pickle")

@@ -24,7 +24,7 @@ def test_demo_quick_produces_every_linked_file(tmp_path, capsys):
     # Each stage left its outputs: QC pictures, features, three CV experiments, heatmaps.
     assert len(list((out / "tiles").glob("*/qc.png"))) == 24
     assert len(list((out / "features").glob("*/features.npy"))) == 24
-    experiments = list((out / "cv" / "cross_validation").glob("*/status.pkl"))
+    experiments = list((out / "cv" / "cross_validation").glob("*/status.json"))
     assert len(experiments) == 3
     assert list((out / "heatmaps").glob("*.png"))
     assert any(Path(p).name.endswith("_km.png") for p in links)

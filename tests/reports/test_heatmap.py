@@ -165,12 +165,12 @@ def test_cli_heatmap_scores_a_trained_abmil(small_cohort, tmp_path, capsys):
     # User errors: one line, exit code 1.
     code = main(["heatmap", f"slide_path={row.slide_path}", f"features_path={tmp_path / 'features.npy'}",
                  "model=abmil", "tile_size=64", f"output={out}"])
-    assert code == 1 and "state_dict_path is required" in capsys.readouterr().err
+    assert code == 2 and "state_dict_path is required" in capsys.readouterr().err
     torch.save(create_slide_model("abmil", in_features=5, out_features=1).state_dict(), tmp_path / "bad.pt")
     code = main(["heatmap", f"slide_path={row.slide_path}", f"features_path={tmp_path / 'features.npy'}",
                  "model=abmil", f"state_dict_path={tmp_path / 'bad.pt'}", "tile_size=64", f"output={out}"])
     err = capsys.readouterr().err
-    assert code == 1 and "bad.pt: does not fit model abmil" in err and "Traceback" not in err
+    assert code == 2 and "bad.pt: does not fit model abmil" in err and "Traceback" not in err
 
 
 def test_cli_heatmap_from_given_scores(small_cohort, tmp_path, capsys):

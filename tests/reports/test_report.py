@@ -130,23 +130,23 @@ def test_cli_report(run_dir, capsys):
     assert "report.html" in out and "experiments: 3" in out
     page = (run_dir / "report.html").read_text()
     assert "<title>My run</title>" in page and '<p class="note">random ViT weights</p>' in page
-    assert main(["report", f"run_dir={run_dir / 'missing'}"]) == 1
+    assert main(["report", f"run_dir={run_dir / 'missing'}"]) == 2
     assert "run folder not found" in capsys.readouterr().err
 
 
 def test_report_names_rlbench_cv_experiments(tmp_path):
     from omegaconf import OmegaConf
 
-    from rl_benchmarks.utils.io import save_pickle
-
     exp = tmp_path / "cross_validation" / "Zm9vYmFy"
     frame = binary_predictions()
     for k, g in frame.groupby("fold"):
         write_csv(exp / "predictions" / f"repeat_1_split_{k + 1}.csv",
                   g.assign(fold=f"repeat_1_split_{k + 1}"), index=False)
-    save_pickle(exp / "params.pkl", OmegaConf.create({"task": {
+    import pickle  # the reference's params.pkl: a pickled DictConfig, read as plain data
+
+    (exp / "params.pkl").write_bytes(pickle.dumps(OmegaConf.create({"task": {
         "data": {"feature_extractor": "iBOTViTBasePANCAN", "train": {"cohort": "TCGA_CRC", "label": "MSI"}},
-        "validation_scheme": {"trainer_cfg": {"model": {"_target_": "rl_benchmarks.models.ABMIL"}}}}}))
+        "validation_scheme": {"trainer_cfg": {"model": {"_target_": "rl_benchmarks.models.ABMIL"}}}}})))
     rep = build_report(tmp_path)
     assert rep.experiments == ["ABMIL · iBOTViTBasePANCAN · TCGA_CRC MSI"]
     assert [p.name for p in rep.figures] == ["ABMIL_iBOTViTBasePANCAN_TCGA_CRC_MSI_roc.png"]

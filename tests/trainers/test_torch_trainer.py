@@ -1,4 +1,4 @@
-"""TorchTrainer: per-epoch metrics, drop_last, seeding, gradient accumulation, pickling."""
+"""TorchTrainer: per-epoch metrics, drop_last, seeding, gradient accumulation, state save/load."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from cv_testlib import ToyCohort, auc, pad_collate
 from torch.utils.data import Subset
 
 from rl_benchmarks.models import MeanPool
-from rl_benchmarks.trainers import BaseTrainer, TorchTrainer, slide_level_train_step
+from rl_benchmarks.trainers import TorchTrainer, slide_level_train_step
 from rl_benchmarks.trainers.torch_trainer import resolve_device
 
 
@@ -82,11 +82,11 @@ def test_device_auto_and_bad_device():
             resolve_device("cuda:0")
 
 
-def test_pickle_round_trip(tmp_path, cohort):
+def test_state_round_trip(tmp_path, cohort):
     trainer = make(seed=0, epochs=1)
     trainer.train(Subset(cohort, range(16)), None)
-    trainer.save(tmp_path / "t.pkl")
-    back = BaseTrainer.load(tmp_path / "t.pkl")
+    trainer.save(tmp_path / "t.pt")
+    back = make(seed=0, epochs=1, model_seed=1).load(tmp_path / "t.pt")
     for p, q in zip(trainer.model.parameters(), back.model.parameters()):
         assert torch.equal(p, q)
 
