@@ -167,10 +167,12 @@ def run_baseline(csv: Path, model: str, epochs: int, outer_folds: list[int], dim
     grid = generate_permutations(GRID)
     start = time.perf_counter()
     result = {"test_auc": {}, "selected": {}, "inner_best_mean_auc": {}}
-    plan = split_cv(data, 5, True, "patient_split", random_state=0)
+    plan = split_cv(data, 5, True, "patient_split", random_state=0)  # (train, test) positions
     for s in outer_folds:
-        train_val, test = plan[s]
-        inner = split_cv(train_val, 5, True, "patient_split", random_state=0)
+        tv_idx, test_idx = plan[s]
+        train_val = Subset(data, tv_idx.tolist())
+        inner = [(Subset(train_val, tr.tolist()), Subset(train_val, va.tolist()))
+                 for tr, va in split_cv(train_val, 5, True, "patient_split", random_state=0)]
         scores, best_epochs, stds = [], [], []
         for params in grid:
             curves = np.array([one_run(tr, va, params["learning_rate"], params["weight_decay"],
@@ -180,7 +182,7 @@ def run_baseline(csv: Path, model: str, epochs: int, outer_folds: list[int], dim
             scores.append(float(mean[best_epochs[-1]]))
             stds.append(float(np.std(curves[:, best_epochs[-1]], ddof=1)))
         b = int(np.argmax(scores))
-        test_auc = one_run(Subset(data, train_val.indices), Subset(data, test.indices),
+        test_auc = one_run(train_val, Subset(data, test_idx.tolist()),
                            grid[b]["learning_rate"], grid[b]["weight_decay"], best_epochs[b] + 1)
         key = f"repeat_1_split_{s + 1}"
         result["test_auc"][key] = test_auc[-1]

@@ -63,6 +63,26 @@ TCGA_UNIONS: dict[str, list[str]] = {
     "TCGA_RCC": ["TCGA_KIRC", "TCGA_KIRP", "TCGA_KICH"],
 }
 
+
+
+def tcga_union_of(cohort: str) -> str:
+    """The union a TCGA sub-cohort belongs to (``TCGA_KICH`` -> ``TCGA_RCC``); a union is
+    its own union. Raises ValueError for a cohort in no union."""
+    if cohort in TCGA_UNIONS:
+        return cohort
+    for union, subs in TCGA_UNIONS.items():
+        if cohort in subs:
+            return union
+    raise ValueError(f"{cohort} is in none of the TCGA unions {', '.join(TCGA_UNIONS)}")
+
+
+def cancer_subtype_code(cohort: str) -> int:
+    """CANCER_SUBTYPE code of a sub-cohort: its index in its union's order (LUAD 0 /
+    LUSC 1, COAD 0 / READ 1, KIRC 0 / KIRP 1 / KICH 2), whether it is loaded alone or
+    as part of the union."""
+    return TCGA_UNIONS[tcga_union_of(cohort)].index(cohort)
+
+
 # Labels allowed per TCGA cohort (None = no label, features only).
 _CRC = [None, "MSI", "OS"]
 _RCC = [None, "CANCER_SUBTYPE"]

@@ -15,6 +15,8 @@ import yaml
 
 _ENV = {"data_dir": "RLB_DATA_DIR", "logs_save_dir": "RLB_LOGS_DIR"}
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# the Hydra config folders of every command (package data)
+CONF_ROOT = Path(__file__).resolve().parent / "conf"
 
 
 def _from_conf_yaml(key: str) -> str | None:

@@ -29,6 +29,8 @@ _LAZY = {
     "CohortError": "rl_benchmarks.datasets.validation",
     "MissingFileError": "rl_benchmarks.datasets.validation",
     "MissingFeaturesWarning": "rl_benchmarks.datasets.validation",
+    "ZeroSurvivalTimeWarning": "rl_benchmarks.datasets.validation",
+    "read_table": "rl_benchmarks.datasets.validation",
 }
 
 __all__ = sorted(_LAZY)

@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from rl_benchmarks.datasets.validation import CohortError
+from rl_benchmarks.paths import CONF_ROOT
 
 TASK_DIR_PARTS = ("slide_level_task", "cross_validation", "task")
 _HEADS: dict[str, tuple[str, dict[str, str]]] = {
@@ -51,7 +52,6 @@ def build_task_config(
     """The reference task skeleton for ``cohort`` (and ``label``): the validation scheme
     and trainer of the shipped tasks, with the criterion and metrics of ``kind`` (detected
     from the labels when None)."""
-    from rl_benchmarks.cli.main import CONF_ROOT
 
     kind = kind or task_type(str(cohort), label)
     if kind not in _HEADS:

@@ -88,11 +88,20 @@ def check_conflicting_labels(
         )
 
 
+class ZeroSurvivalTimeWarning(UserWarning):
+    """Some survival times are 0: they are censored at time 0 (the reference's signed
+    encoding cannot tell ``+0`` from ``-0``)."""
+
+
 def check_survival_times(
     times: pd.Series, ids: pd.Series, source: object, column: str = "time"
-) -> None:
-    """Raise when a survival time is not a number, zero or negative (the signed
-    encoding cannot represent a zero time, and a negative one is a data error)."""
+) -> np.ndarray:
+    """Check survival times; return the mask of zero times.
+
+    A non-numeric or negative time is an error. A zero time is kept but censored at
+    time 0, as the reference's signed encoding makes it (label 0 => no event), and a
+    :class:`ZeroSurvivalTimeWarning` lists the ``ids`` concerned (TCGA-CDR has such
+    patients)."""
     numeric = pd.to_numeric(times, errors="coerce")
     not_num = times.notna() & numeric.isna()
     if not_num.any():
@@ -100,13 +109,130 @@ def check_survival_times(
             f"{source}: column {column!r} has non-numeric value(s) "
             f"{_short_list(sorted(set(times[not_num].astype(str))))}"
         )
-    bad = numeric.notna() & (numeric <= 0)
+    bad = numeric.notna() & (numeric < 0)
     if bad.any():
         pairs = [f"{i}={t:g}" for i, t in zip(ids[bad], numeric[bad])]
         raise CohortError(
-            f"{source}: column {column!r} has {int(bad.sum())} zero or negative survival "
-            f"time(s) ({_short_list(pairs)}); times must be > 0 (remove or fix these rows)"
+            f"{source}: column {column!r} has {int(bad.sum())} negative survival "
+            f"time(s) ({_short_list(pairs)}); times must be >= 0 (remove or fix these rows)"
         )
+    zero = (numeric == 0).to_numpy()
+    if zero.any():
+        names = sorted({str(i) for i in np.asarray(ids)[zero]})
+        warnings.warn(
+            f"{source}: column {column!r} has {len(names)} zero survival time(s) "
+            f"({_short_list(names)}); they are censored at time 0 (no event), as the "
+            "reference's signed encoding makes them",
+            ZeroSurvivalTimeWarning,
+            stacklevel=3,
+        )
+    return zero
+
+
+def check_label_spellings(values: pd.Series, source: object, column: str) -> None:
+    """Raise when text labels differ only by case or surrounding whitespace (``Neg`` /
+    ``neg`` / ``neg ``): they would silently become separate classes."""
+    groups: dict[str, set[str]] = {}
+    for v in pd.unique(values.dropna()):
+        if isinstance(v, str):
+            groups.setdefault(v.strip().casefold(), set()).add(v)
+    clashes = []
+    for spellings in groups.values():
+        if len(spellings) < 2:
+            continue
+        if pd.to_numeric(pd.Series(sorted(spellings)), errors="coerce").notna().all():
+            continue  # " 1" and "1" are the same number
+        clashes.append(" / ".join(repr(s) for s in sorted(spellings)))
+    if clashes:
+        raise CohortError(
+            f"{source}: column {column!r} has label values that differ only by case or "
+            f"surrounding whitespace: {'; '.join(clashes[:5])}"
+            f"{'; ...' if len(clashes) > 5 else ''}; spell each class one way"
+        )
+
+
+def check_classes(
+    labels: np.ndarray, task: str | None, source: object, classes: Sequence[str] | None = None
+) -> None:
+    """Raise before training when a labelled cohort cannot be trained on: a single class
+    (AUC undefined) or, for survival (signed times), no event (C-index undefined)."""
+    labels = np.asarray(labels, dtype=np.float64)
+    labels = labels[~np.isnan(labels)]
+    if task is None or len(labels) == 0:
+        return
+    if task == "survival":
+        if not (labels > 0).any():
+            raise CohortError(
+                f"{source}: no event among the {len(labels)} slide(s) (all censored); the Cox "
+                "loss and the C-index need at least one event"
+            )
+        return
+    present = np.unique(labels)
+    if len(present) < 2:
+        code = int(present[0])
+        name = classes[code] if classes is not None and 0 <= code < len(classes) else str(code)
+        raise CohortError(
+            f"{source}: every one of the {len(labels)} slide(s) has class {name!r} (code "
+            f"{code}); a classifier needs at least two classes"
+        )
+
+
+def check_finite(
+    rows: np.ndarray, source: object, row_index: np.ndarray | None = None
+) -> None:
+    """Raise naming ``source`` (the slide and its file) when ``rows`` holds NaN or inf.
+
+    ``row_index`` maps the rows back to file rows for the message. One vectorised
+    ``isfinite`` over the rows just read: cheap next to the read itself."""
+    if rows.dtype.kind != "f" or np.isfinite(rows).all():
+        return
+    bad = ~np.isfinite(rows)
+    bad_rows = np.flatnonzero(bad.any(axis=tuple(range(1, rows.ndim))))
+    file_rows = bad_rows if row_index is None else np.asarray(row_index)[bad_rows]
+    raise CohortError(
+        f"{source}: {int(bad.sum())} non-finite feature value(s) (NaN or inf) in "
+        f"{len(bad_rows)} tile row(s) (row(s) {_short_list(sorted(map(int, file_rows)))}); "
+        "re-extract this slide's features or leave the slide out"
+    )
+
+
+EXCEL_SUFFIXES = (".xlsx", ".xlsm", ".xls")
+
+
+def read_table(
+    path: str | os.PathLike, what: str = "table", allow_empty: bool = False, **kwargs: object
+) -> pd.DataFrame:
+    """Read a user table (CSV, TSV, gzipped or not, or Excel) with errors naming the file.
+
+    ``kwargs`` go to ``pandas.read_csv`` (or ``read_excel`` for ``.xlsx``/``.xls``). A
+    0-byte file, a file without columns, an unparsable one, or (unless ``allow_empty``)
+    one with a header but no rows raises :class:`CohortError` naming ``path`` and
+    ``what`` (pandas' own messages do not name the file).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise MissingFileError(f"{what} not found: {path} ({exc.strerror})") from None
+    if size == 0:
+        raise CohortError(f"{path}: {what} is empty (0 bytes)")
+    try:
+        if path.suffix.lower() in EXCEL_SUFFIXES:
+            table = pd.read_excel(path, **kwargs)
+        else:
+            table = pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise CohortError(f"{path}: {what} is empty (no columns to parse)") from None
+    except ImportError as exc:
+        raise CohortError(f"{path}: cannot read {what}: {exc}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError, EOFError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CohortError(f"{path}: cannot parse {what} ({detail})") from None
+    if table.empty and not allow_empty:
+        raise CohortError(
+            f"{path}: {what} has no rows (columns: {', '.join(map(str, table.columns))})"
+        )
+    return table
 
 
 def warn_missing_features(slide_ids: Sequence[str], source: object, n_total: int) -> None:
@@ -125,8 +251,14 @@ def check_features_file(path: str | os.PathLike) -> tuple[int, int]:
     """Open ``features.npy`` memory-mapped; return (n_tiles, width). Raise naming the file
     when it cannot be read or is not a (N, 3+D) matrix."""
     try:
+        empty = Path(path).stat().st_size == 0
+    except OSError as exc:
+        raise MissingFileError(f"features file not found: {path} ({exc.strerror})") from None
+    if empty:
+        raise CohortError(f"{path}: features file is empty (0 bytes); re-extract this slide")
+    try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise CohortError(f"{path}: cannot read features ({exc})") from None
     if arr.ndim != 2 or arr.shape[1] < 4:
         raise CohortError(

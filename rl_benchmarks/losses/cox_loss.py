@@ -1,8 +1,9 @@
 """Cox partial likelihood within a mini-batch (the reference's survival loss).
 
-Labels are signed times: ``y > 0`` is an event (death) at ``|y|``, ``y < 0`` a censoring at
-``|y|``. A zero (or NaN) label is rejected: its sign, hence its event status, is undefined
-(the reference counted it as half an event).
+Labels are signed times: ``y > 0`` is an event (death) at ``|y|``, ``y <= 0`` a censoring at
+``|y|``. A zero label is censored at time 0, as the reference's signed-time encoding makes
+it (the loaders warn listing the patients; the reference's loss counted it as half an
+event). A NaN label is rejected.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def cox(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> 
 
         loss_i = -delta_i * (r_i - log sum_{j <= i} exp(r_j)),   delta_i = 1[y_i > 0].
 
+    A zero label is a censoring at time 0 (delta = 0): it sorts last and adds nothing but
+    its share of the mean's denominator.
+
     ``reduction="mean"`` divides the sum by B, censored samples included (the reference);
     ``"sum"`` returns the sum and ``"none"`` the (B,) terms in the sorted order.
     """
@@ -48,12 +52,12 @@ def cox(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> 
             "risk score and one signed time per sample"
         )
     if not is_functorch_tensor(labels):
-        bad = (labels == 0) | torch.isnan(labels)
+        bad = torch.isnan(labels)
         if bool(bad.any()):
             where = torch.nonzero(bad.reshape(-1)).reshape(-1).tolist()
             raise ValueError(
-                f"CoxLoss: survival label 0 or NaN at batch positions {where}; labels are signed "
-                "times (> 0 event, < 0 censored) and must be non-zero"
+                f"CoxLoss: survival label NaN at batch positions {where}; labels are signed "
+                "times (> 0 event, <= 0 censored)"
             )
     risks, sorted_labels = _sort_risks(logits, labels.to(logits.dtype))
     events = (sorted_labels > 0).to(risks.dtype)

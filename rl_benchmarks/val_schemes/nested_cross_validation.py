@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from rl_benchmarks.trainers.ensemble_trainer import EnsembleTrainer, preload, unsupported_reason
@@ -120,11 +121,17 @@ class NestedCrossValidation:
 
     def _plan(self, dataset: Any) -> list[dict[str, Any]]:
         """All outer and inner folds, computed (and checked) before any training."""
+        # split_cv returns positions in the dataset it is given; every fold below is a
+        # Subset of the root dataset with absolute indices (the trainers and the fast path
+        # index the root)
+        root, base = root_dataset(dataset)
         plan = []
         for r in range(self.n_repeats_outer):
             outer = split_cv(dataset, self.n_splits_outer, self.stratified, self.split_mode,
                              random_state=r)
-            for s, (train_val, test) in enumerate(outer):
+            for s, (tv_pos, te_pos) in enumerate(outer):
+                tv_abs, te_abs = base[tv_pos], base[te_pos]
+                train_val, test = Subset(root, tv_abs.tolist()), Subset(root, te_abs.tolist())
                 inner = []
                 for ri in range(self.n_repeats_inner if self.n_splits_inner else 0):
                     try:
@@ -132,7 +139,10 @@ class NestedCrossValidation:
                                          self.split_mode, random_state=ri)
                     except ValueError as err:
                         raise ValueError(f"inner CV of outer fold {s + 1}: {err}") from None
-                    inner += [(ri, k, tr, va) for k, (tr, va) in enumerate(folds)]
+                    # inner positions are positions in train_val: map them to the root
+                    inner += [(ri, k, Subset(root, tv_abs[tr].tolist()),
+                               Subset(root, tv_abs[va].tolist()))
+                              for k, (tr, va) in enumerate(folds)]
                 plan.append({"r": r, "s": s, "train_val": train_val, "test": test,
                              "inner": inner})
         return plan

@@ -1,8 +1,10 @@
 """Fold splitting and grid expansion for the validation schemes.
 
 ``split_cv`` keeps every patient (or center) in one fold and stratifies on
-``dataset.stratified``; unlike the reference it raises a clear error *before any
-training* when a fold would miss a class or when there are fewer patients than folds.
+``dataset.stratified``; it returns ``(train_indices, test_indices)`` numpy arrays of
+positions in the dataset it was given, as the reference does. Unlike the reference it
+raises a clear error *before any training* when a fold would miss a class or when there
+are fewer patients than folds.
 """
 
 from __future__ import annotations
@@ -50,14 +52,17 @@ def split_cv(
     split_mode: str = "patient_split",
     shuffle: bool = True,
     random_state: int = 42,
-) -> list[tuple[Subset, Subset]]:
-    """Split ``dataset`` into ``n_splits`` (train, test) folds.
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Split ``dataset`` into ``n_splits`` folds of ``(train_indices, test_indices)``.
 
     ``dataset`` is any indexable object with ``stratified`` (the vector to stratify on,
-    or None), ``patient_id`` and ``center_id`` attributes, or a ``Subset`` of one.
-    Folds are ``Subset`` s of the root dataset (absolute indices), so splitting a fold
-    again (inner CV) works. ``split_mode`` is ``patient_split`` (groups = patients),
-    ``center_split`` (groups = centers) or ``random_split`` (no groups).
+    or None), ``patient_id`` and ``center_id`` attributes, or a (nested) ``Subset`` of
+    one, whose attributes are read through its indices. The indices are int64 positions
+    in ``dataset`` itself (the reference's return type): for a ``Subset``, positions in
+    the subset, i.e. ``Subset(dataset, train_indices)`` is the train part; map them to
+    the root with ``root_dataset(dataset)[1][train_indices]``. ``split_mode`` is
+    ``patient_split`` (groups = patients), ``center_split`` (groups = centers) or
+    ``random_split`` (no groups).
     """
     if split_mode not in SPLIT_MODES:
         raise ValueError(f"split_mode={split_mode!r} is unknown; expected one of {SPLIT_MODES}")
@@ -111,7 +116,7 @@ def split_cv(
                         f"stratification labels has no sample in the {name} part "
                         f"({len(part)} samples); lower n_splits or add samples of that class"
                     )
-    return [(Subset(root, idx[tr].tolist()), Subset(root, idx[te].tolist())) for tr, te in folds]
+    return [(np.asarray(tr, dtype=np.int64), np.asarray(te, dtype=np.int64)) for tr, te in folds]
 
 
 def _py(value: Any) -> Any:
@@ -142,9 +147,13 @@ def _options(value: Any) -> list[Any]:
     return [value]
 
 
-def generate_permutations(params: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+def generate_permutations(
+    grid_search_params: Mapping[str, Any] | None,
+) -> list[dict[str, Any]]:
     """Expand a grid: lists are expanded (itertools product, first key slowest), scalars
-    are copied, nested dicts are expanded recursively. ``None`` or ``{}`` gives ``[{}]``."""
+    are copied, nested dicts are expanded recursively. ``None`` or ``{}`` gives ``[{}]``.
+    ``grid_search_params`` is the reference's keyword (positional use works too)."""
+    params = grid_search_params
     if params is None:
         return [{}]
     if isinstance(params, DictConfig):

@@ -57,11 +57,11 @@ def test_os_dataset_attributes_and_missing_features_warning(coad_os):
     assert tuple(x.shape) == (10, 3 + 8) and y.tolist() == [-200.0]
 
 
-def test_zero_time_is_an_error_only_for_patients_with_slides(coad_os):
-    coad_os.survival_csv("TCGA_COAD", [(A, 1, 100), (B, 0, 200), (C, 1, 50), (F, 0, 0)])
+def test_negative_time_is_an_error_only_for_patients_with_slides(coad_os):
+    coad_os.survival_csv("TCGA_COAD", [(A, 1, 100), (B, 0, 200), (C, 1, 50), (F, 0, -3)])
     assert len(load_dataset("TCGA_COAD", coad_os.features, label="OS", load_slide=False)) == 4
-    coad_os.survival_csv("TCGA_COAD", [(A, 1, 100), (B, 0, 0), (C, 1, -5)])
-    with pytest.raises(CohortError, match=r"survival_labels_tcga_coad.csv.*OS.time.*2 zero or negative.*TCGA-A6-2672=0"):
+    coad_os.survival_csv("TCGA_COAD", [(A, 1, 100), (B, 0, -1), (C, 1, -5)])
+    with pytest.raises(CohortError, match=r"survival_labels_tcga_coad.csv.*OS.time.*2 negative.*TCGA-A6-2672=-1"):
         load_dataset("TCGA_COAD", coad_os.features, label="OS", load_slide=False)
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from torch.utils.data import Subset
 
 from rl_benchmarks.val_schemes import generate_permutations, split_cv, update_trainer_cfg
+from rl_benchmarks.val_schemes.utils import root_dataset
 
 
 class Table:
@@ -33,10 +35,13 @@ def test_random_split_sizes_and_stratification():
     assert len(folds) == 5
     seen = []
     for train, test in folds:
+        # the reference's return type: numpy index arrays, positions in the dataset
+        assert isinstance(train, np.ndarray) and isinstance(test, np.ndarray)
+        assert train.dtype == np.int64 and test.dtype == np.int64
         assert (len(train), len(test)) == (800, 200)
-        assert not set(train.indices) & set(test.indices)
-        assert abs(data.stratified[test.indices].mean() - data.stratified.mean()) < 0.05
-        seen += test.indices
+        assert not set(train) & set(test)
+        assert abs(data.stratified[test].mean() - data.stratified.mean()) < 0.05
+        seen += test.tolist()
     assert sorted(seen) == list(range(1000))
 
 
@@ -45,26 +50,41 @@ def test_group_splits_keep_groups_disjoint(mode, key):
     data = Table()
     groups = getattr(data, key)
     for train, test in split_cv(data, n_splits=5, split_mode=mode, random_state=3):
-        assert not set(groups[train.indices]) & set(groups[test.indices])
-        assert abs(data.stratified[test.indices].mean() - data.stratified.mean()) < 0.10
+        assert not set(groups[train]) & set(groups[test])
+        assert abs(data.stratified[test].mean() - data.stratified.mean()) < 0.10
 
 
-def test_inner_split_of_a_subset_uses_absolute_indices():
+def test_inner_split_of_a_subset_gives_positions_in_the_subset():
     data = Table()
     train, _ = split_cv(data, n_splits=5, random_state=0)[0]
-    inner = split_cv(train, n_splits=4, random_state=1)
-    outer_train = set(train.indices)
+    sub = Subset(data, train.tolist())
+    inner = split_cv(sub, n_splits=4, random_state=1)
     for tr, va in inner:
-        assert set(tr.indices) | set(va.indices) <= outer_train
-        assert tr.dataset is data
-        assert not set(data.patient_id[tr.indices]) & set(data.patient_id[va.indices])
+        # positions in the subset (0..len(sub)-1), partitioning it
+        assert tr.max() < len(sub) and va.max() < len(sub)
+        assert sorted(np.concatenate([tr, va]).tolist()) == list(range(len(sub)))
+        # mapped back through the subset: inside the outer train part, patients disjoint
+        tr_abs, va_abs = train[tr], train[va]
+        assert set(tr_abs) | set(va_abs) <= set(train)
+        assert not set(data.patient_id[tr_abs]) & set(data.patient_id[va_abs])
+        assert [sub[i] for i in tr] == tr_abs.tolist()  # Table items are their index
+    # the attributes of a subset are read through its indices: splitting the subset equals
+    # splitting a copy of the dataset restricted to it
+    copy = Table()
+    copy.patient_id, copy.center_id = data.patient_id[train], data.center_id[train]
+    copy.stratified = data.stratified[train]
+    for (a, b), (c, d) in zip(inner, split_cv(copy, n_splits=4, random_state=1)):
+        assert a.tolist() == c.tolist() and b.tolist() == d.tolist()
+    # nested subsets map back with root_dataset
+    root, base = root_dataset(Subset(sub, list(range(10))))
+    assert root is data and base.tolist() == train[:10].tolist()
 
 
 def test_split_is_deterministic_and_depends_on_random_state():
     data = Table()
-    a = [f[1].indices for f in split_cv(data, random_state=1)]
-    b = [f[1].indices for f in split_cv(data, random_state=1)]
-    c = [f[1].indices for f in split_cv(data, random_state=2)]
+    a = [f[1].tolist() for f in split_cv(data, random_state=1)]
+    b = [f[1].tolist() for f in split_cv(data, random_state=1)]
+    c = [f[1].tolist() for f in split_cv(data, random_state=2)]
     assert a == b and a != c
 
 
@@ -118,8 +138,53 @@ def test_generate_permutations_expected_list():
     assert generate_permutations(None) == [{}]
 
 
+def test_generate_permutations_takes_the_reference_keyword():
+    grid = {"learning_rate": [1e-3, 1e-4], "weight_decay": [0.0, 1e-4]}
+    expected = [
+        {"learning_rate": 1e-3, "weight_decay": 0.0},
+        {"learning_rate": 1e-3, "weight_decay": 1e-4},
+        {"learning_rate": 1e-4, "weight_decay": 0.0},
+        {"learning_rate": 1e-4, "weight_decay": 1e-4},
+    ]
+    assert generate_permutations(grid_search_params=grid) == expected
+    assert generate_permutations(grid) == expected  # positional use still works
+    assert generate_permutations(grid_search_params=None) == [{}]
+
+
 def test_update_trainer_cfg_merges_nested_and_copies():
     cfg = OmegaConf.create({"learning_rate": 2e-4, "model": {"_target_": "x", "n_top": 10}})
     new = update_trainer_cfg(cfg, {"learning_rate": 1e-3, "model": {"n_top": 5}})
     assert new.learning_rate == 1e-3 and new.model.n_top == 5 and new.model._target_ == "x"
     assert cfg.learning_rate == 2e-4 and cfg.model.n_top == 10
+
+
+def test_nested_cv_plan_maps_inner_positions_back_to_the_root():
+    """split_cv gives positions; the nested-CV plan turns them into Subsets of the root with
+    absolute indices (what the trainers and the fast path index)."""
+    from rl_benchmarks.val_schemes import NestedCrossValidation
+
+    data = Table(n=300, n_patients=120)
+    given = Subset(data, list(range(20, 280)))  # the plan also works on a subset
+    ncv = NestedCrossValidation({"model": {}}, n_splits_outer=4, n_splits_inner=3,
+                                n_repeats_inner=2)
+    plan = ncv._plan(given)
+    outer = split_cv(given, 4, random_state=0)
+    assert len(plan) == 4
+    for fold, (tv_pos, te_pos) in zip(plan, outer):
+        tv, te = fold["train_val"], fold["test"]
+        assert tv.dataset is data and te.dataset is data
+        assert tv.indices == (np.asarray(given.indices)[tv_pos]).tolist()
+        assert te.indices == (np.asarray(given.indices)[te_pos]).tolist()
+        assert len(fold["inner"]) == 2 * 3
+        for ri in range(2):
+            runs = [(tr, va) for r, _, tr, va in fold["inner"] if r == ri]
+            pos = split_cv(tv, 3, random_state=ri)
+            covered = []
+            for (tr, va), (tr_pos, va_pos) in zip(runs, pos):
+                assert tr.dataset is data and va.dataset is data
+                assert tr.indices == np.asarray(tv.indices)[tr_pos].tolist()
+                assert va.indices == np.asarray(tv.indices)[va_pos].tolist()
+                assert set(tr.indices) | set(va.indices) == set(tv.indices)
+                assert not set(data.patient_id[tr.indices]) & set(data.patient_id[va.indices])
+                covered += va.indices
+            assert sorted(covered) == sorted(tv.indices)

@@ -9,7 +9,13 @@ import pandas as pd
 
 from rl_benchmarks import constants
 from rl_benchmarks.datasets._tables import before_first_dot, finish_slide_table, outer_merge, scan
-from rl_benchmarks.datasets.validation import check_known_values, require_columns, require_file
+from rl_benchmarks.datasets.validation import (
+    check_known_values,
+    check_label_spellings,
+    read_table,
+    require_columns,
+    require_file,
+)
 
 CLASSES = ["Normal", "Tumor"]
 
@@ -22,9 +28,10 @@ def load_camelyon16_labels(cohort: str = "TRAIN", data_dir: str | os.PathLike | 
     if cohort not in paths:
         raise ValueError(f"Camelyon16 cohort must be TRAIN or TEST (FULL = both), got {cohort!r}")
     path = require_file(paths[cohort], "Camelyon16 clinical CSV")
-    table = pd.read_csv(path)
+    table = read_table(path, "Camelyon16 clinical CSV")
     require_columns(table, ["target"], path)
     id_col = "Unnamed: 0" if "Unnamed: 0" in table.columns else table.columns[0]
+    check_label_spellings(table["target"], path, "target")
     check_known_values(table["target"], CLASSES, path, "target")
     labels = pd.DataFrame(
         {

@@ -1,8 +1,10 @@
 """Torch datasets over per-slide feature matrices (``features.npy``, (N, 3+D)).
 
 Features are memory-mapped and read per item, never preloaded: the RAM held by a dataset
-is its slide table plus the item being read. Each item samples ``n_tiles`` rows of its
-slide under seed control (see :meth:`SlideFeaturesDataset.sample_indices`). For
+is its slide table plus the item being read. Every read checks the rows it read for NaN
+or inf (one vectorised ``isfinite``) and names the slide and its file when it finds one.
+Each item samples ``n_tiles`` rows of its slide under seed control (see
+:meth:`SlideFeaturesDataset.sample_indices`). For
 trainers that want the whole cohort in one tensor, :meth:`SlideFeaturesDataset.as_tensor`
 materialises it padded, in float32 or float16, with a memory check up front.
 """
@@ -21,7 +23,9 @@ from torch.utils.data import Dataset
 
 from rl_benchmarks.datasets.validation import (
     CohortError,
+    check_classes,
     check_features_file,
+    check_finite,
     warn_missing_features,
 )
 from rl_benchmarks.utils.seed import derive_seed
@@ -103,6 +107,10 @@ class SlideFeaturesDataset(Dataset):
         f = self.features[i]
         return f if isinstance(f, str) else f"array #{i}"
 
+    def _source(self, i: int) -> str:
+        """``slide <id> (<file>)``: how errors name a slide."""
+        return f"slide {self.slide_id[i]} ({self._name(i)})"
+
     def _shape(self, i: int) -> tuple[int, int]:
         f = self.features[i]
         if isinstance(f, str):
@@ -114,7 +122,14 @@ class SlideFeaturesDataset(Dataset):
     def open(self, i: int) -> np.ndarray:
         """The feature matrix of slide ``i``, memory-mapped (nothing read yet)."""
         f = self.features[i]
-        return np.load(f, mmap_mode="r") if isinstance(f, str) else f
+        return np.load(f, mmap_mode="r", allow_pickle=False) if isinstance(f, str) else f
+
+    def read(self, i: int, idx: np.ndarray | None) -> np.ndarray:
+        """Rows ``idx`` (None = all) of slide ``i``, checked for NaN/inf (an error naming
+        the slide and its file: a NaN would silently turn every metric into NaN)."""
+        rows = _take(self.open(i), idx)
+        check_finite(rows, self._source(i), idx)
+        return rows
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch``: draws are keyed by (seed, epoch, slide, draw count)."""
@@ -144,7 +159,7 @@ class SlideFeaturesDataset(Dataset):
         return len(self.features)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = _take(self.open(i), self.sample_indices(i))
+        rows = self.read(i, self.sample_indices(i))
         x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
         return x, torch.tensor([self.labels[i]], dtype=torch.float32)
 
@@ -201,15 +216,21 @@ class SlideFeaturesDataset(Dataset):
         width = self.width - start
         feats = torch.empty((len(idx), n, width), dtype=dtype)
         mask = torch.ones((len(idx), n, 1), dtype=torch.bool)
+        low_precision = torch.finfo(dtype).max < torch.finfo(torch.float32).max
         items = enumerate(idx)
         if progress:
             from tqdm.auto import tqdm
 
             items = tqdm(items, total=len(idx), desc="loading features", unit="slide")
         for row, i in items:
-            rows = _take(self.open(int(i)), self.sample_indices(int(i), n, key))
+            rows = self.read(int(i), self.sample_indices(int(i), n, key))
             k = len(rows)
             feats[row, :k].copy_(torch.from_numpy(rows[:, start:]))  # one cast-and-copy
+            if low_precision and not bool(torch.isfinite(feats[row, :k]).all()):
+                raise CohortError(
+                    f"{self._source(int(i))}: feature values overflow {dtype} (|x| > "
+                    f"{torch.finfo(dtype).max:g}); use dtype=torch.float32"
+                )
             feats[row, k:] = 0
             mask[row, :k] = False
         labels = torch.as_tensor(self.labels[idx], dtype=torch.float32).reshape(-1, 1)
@@ -242,6 +263,10 @@ class SlideClassificationDataset(SlideFeaturesDataset):
     without label), ``task`` ("binary", "multiclass", "survival" or None), ``classes``,
     ``time``/``event`` (survival), ``table`` (the slide table), ``missing_features``
     (ids of slides left out because they have no features).
+
+    Raises :class:`CohortError` before any training when the labelled slides hold a
+    single class (or, for survival, no event), and on the first read of a slide whose
+    rows hold NaN or inf (naming the slide and its file).
     """
 
     def __init__(
@@ -296,6 +321,9 @@ class SlideClassificationDataset(SlideFeaturesDataset):
         table.attrs.update(attrs)
         self.table = table
         labels = pd.to_numeric(table["label"], errors="coerce").to_numpy(dtype=np.float64)
+        # a single class (or, for survival, no event) cannot be trained on: say so now
+        # rather than after training with an AUC / C-index of NaN
+        check_classes(labels, self.task, f"{cohort}{'/' + label if label else ''}", self.classes)
         super().__init__(
             list(table["features_path"]), labels, n_tiles=n_tiles, shuffle=shuffle, seed=seed,
             slide_ids=list(table["slide_id"].astype(str)),

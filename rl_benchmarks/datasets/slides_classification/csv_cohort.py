@@ -6,9 +6,11 @@ Columns (header names are case-sensitive):
   extension), or ``features_path`` (id = the folder of ``features.npy``);
 * ``patient_id`` (optional; default: each slide is its own patient);
 * ``center_id`` or ``center`` (optional);
-* the target: ``label`` (strings or numbers; binary or multiclass), or ``time`` and
-  ``event`` (survival; converted to the signed encoding ``+time`` for an event,
-  ``-time`` when censored). ``label=<column>`` picks another label column;
+* the target: ``label`` (strings or numbers; binary or multiclass; values that differ
+  only by case or surrounding whitespace are an error), or ``time`` and ``event``
+  (survival; converted to the signed encoding ``+time`` for an event, ``-time`` when
+  censored; a zero time is censored at 0 with a warning). ``label=<column>`` picks
+  another label column;
 * ``coords_path`` (optional).
 
 Relative paths are relative to the CSV's folder. Without ``features_path``, features are
@@ -32,7 +34,9 @@ from rl_benchmarks.datasets.validation import (
     _short_list,
     check_conflicting_labels,
     check_known_values,
+    check_label_spellings,
     check_survival_times,
+    read_table,
     require_columns,
     require_file,
 )
@@ -92,6 +96,7 @@ def encode_labels(
     numbers are sorted numerically (0/1 stay 0/1) and strings alphabetically, as
     scikit-learn's ``LabelEncoder`` does.
     """
+    check_label_spellings(values, source, column)
     present = values.dropna()
     numeric = pd.to_numeric(present, errors="coerce")
     if classes is not None:
@@ -132,11 +137,9 @@ def load_csv_cohort(
     """
     path = require_file(Path(csv_path).expanduser(), "cohort CSV")
     sep = "\t" if str(path).lower().endswith((".tsv", ".tsv.gz")) else ","
-    try:
-        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=True)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise CohortError(f"{path}: cannot parse the CSV ({exc})") from None
+    table = read_table(path, "cohort CSV", sep=sep, dtype=str, keep_default_na=True)
     table.columns = [str(c).strip() for c in table.columns]
+    raw = table.copy()  # before stripping: label spellings are checked on the raw values
     table = table.apply(lambda s: s.str.strip() if s.dtype == object else s)
     base = path.parent
     if not any(c in table.columns for c in ("slide_id", "slide_path", "features_path")):
@@ -191,13 +194,15 @@ def load_csv_cohort(
         bad = event_raw.notna() & ~event.isin(EVENT_VALUES)
         if bad.any():
             check_known_values(table.loc[bad, "event"], ["0", "1"], path, "event")
-        check_survival_times(table["time"], frame["slide_id"], path, "time")
+        zero = check_survival_times(table["time"], frame["slide_id"], path, "time")
         time = pd.to_numeric(table["time"], errors="coerce")
+        event = event.mask(zero & event.notna(), 0)  # censored at time 0 (signed encoding)
         frame["time"], frame["event"] = time, event
         frame["label"] = np.where(event == 1, time, -time)
         frame.loc[time.isna() | event.isna(), "label"] = np.nan
         names, task = None, "survival"
     else:
+        check_label_spellings(raw[label_col], path, label_col)
         codes, names = encode_labels(table[label_col], path, label_col, classes)
         frame["label"] = codes
         frame["class_name"] = [names[int(c)] if not np.isnan(c) else None for c in codes]

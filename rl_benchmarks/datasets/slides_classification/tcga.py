@@ -3,13 +3,15 @@
 Label rules (reference-system §5.2):
 
 * ``OS``: ``survival_labels_<cohort>.csv`` (TCGA-CDR columns); signed time, ``+OS.time``
-  for a death (``OS == 1``) and ``-OS.time`` when censored. A zero or negative time of a
-  patient with slides is an error (the sign cannot encode a zero time).
+  for a death (``OS == 1``) and ``-OS.time`` when censored. A zero time is censored at
+  time 0 (label 0, event 0), as the reference's signed encoding makes it, with a warning
+  listing the patients with slides concerned; a negative time is an error.
 * ``MSI``: ``msi_labels_<cohort>.csv`` without header (patient, status); ``Indeterminate``
   rows dropped; ``MSI-H`` is 1, ``MSS`` and ``MSI-L`` are 0.
 * ``HRD``: ``hrd_labels_<cohort>.csv`` with columns ``patient_id, HRD`` (0/1).
 * ``CANCER_SUBTYPE``: the sub-cohort index in the union (LUAD 0 / LUSC 1, COAD 0 /
-  READ 1, KIRC 0 / KIRP 1 / KICH 2).
+  READ 1, KIRC 0 / KIRP 1 / KICH 2), for a single cohort too (``TCGA_KICH`` alone is
+  coded 2, with the union's class names).
 * ``MOLECULAR_SUBTYPE`` / ``HISTOLOGICAL_SUBTYPE``: cBioPortal
   ``*_pan_can_atlas_2018_clinical_data.tsv.gz`` columns ``Subtype`` / ``Cancer Type
   Detailed``, codes in alphabetical order (scikit-learn ``LabelEncoder``); BRCA histology
@@ -33,7 +35,9 @@ from rl_benchmarks.datasets.validation import (
     CohortError,
     check_conflicting_labels,
     check_known_values,
+    check_label_spellings,
     check_survival_times,
+    read_table,
     require_columns,
     require_file,
 )
@@ -97,7 +101,7 @@ def load_histo(
 
 def _read_survival(cohort: str, data_dir) -> tuple[pd.DataFrame, Path]:
     path = require_file(constants.tcga_paths(data_dir)["LABELS"]["OS"](cohort), f"{cohort} survival CSV")
-    table = pd.read_csv(path, na_values=NOT_AVAILABLE, low_memory=False)
+    table = read_table(path, f"{cohort} survival CSV", na_values=NOT_AVAILABLE, low_memory=False)
     require_columns(table, ["bcr_patient_barcode"], path)
     return table, path
 
@@ -118,6 +122,9 @@ def load_label(
         time = pd.to_numeric(table["OS.time"], errors="coerce")
         if (table["OS.time"].notna() & time.isna()).any():
             check_survival_times(table["OS.time"], table["bcr_patient_barcode"], path, "OS.time")
+        # a zero time is censored at time 0 (the signed encoding cannot tell +0 from -0);
+        # load_tcga warns listing the patients with slides concerned
+        event = event.mask((time == 0) & event.notna(), 0)
         frame = pd.DataFrame(
             {"patient_id": table["bcr_patient_barcode"].astype(str), "time": time, "event": event}
         )
@@ -126,7 +133,10 @@ def load_label(
         frame.attrs.update(classes=None, source=str(path))
     elif label == "MSI":
         path = require_file(paths["MSI"](cohort), f"{cohort} MSI CSV")
-        table = pd.read_csv(path, header=None, names=["patient_id", "label"], dtype=str)
+        table = read_table(
+            path, f"{cohort} MSI CSV", header=None, names=["patient_id", "label"], dtype=str
+        )
+        check_label_spellings(table["label"], path, "label (2nd column)")
         table["label"] = table["label"].str.strip()
         if len(table) and table["label"].iloc[0] not in MSI_VALUES:
             first_is_header = table["label"].iloc[1:].dropna().isin(MSI_VALUES).all()
@@ -140,7 +150,7 @@ def load_label(
         frame.attrs.update(classes=["MSS/MSI-L", "MSI-H"], source=str(path))
     elif label == "HRD":
         path = require_file(paths["HRD"](cohort), f"{cohort} HRD CSV")
-        table = pd.read_csv(path)
+        table = read_table(path, f"{cohort} HRD CSV")
         require_columns(table, ["patient_id", "HRD"], path)
         value = pd.to_numeric(table["HRD"], errors="coerce")
         if (table["HRD"].notna() & ~value.isin([0, 1])).any():
@@ -154,10 +164,13 @@ def load_label(
     elif label in SUBTYPE_COLUMNS:
         candidates = constants.tcga_paths(data_dir)["SUBTYPES_CANDIDATES"](cohort)
         path = require_file(paths["SUBTYPES"](cohort), f"{cohort} cBioPortal clinical TSV", candidates)
-        table = pd.read_csv(path, sep="\t", comment=None, low_memory=False)
+        table = read_table(
+            path, f"{cohort} cBioPortal clinical TSV", sep="\t", comment=None, low_memory=False
+        )
         column = SUBTYPE_COLUMNS[label]
         require_columns(table, ["Patient ID", column], path)
         table = table.dropna(subset=[column])
+        check_label_spellings(table[column], path, column)
         if label == "HISTOLOGICAL_SUBTYPE" and cohort == "TCGA_BRCA":
             table = table[table[column].isin(BRCA_HISTOLOGY)]
         from sklearn.preprocessing import LabelEncoder
@@ -239,7 +252,8 @@ def load_tcga(
     _check_cohort(cohort, label)
     subs = constants.TCGA_UNIONS.get(cohort, [cohort])
     frames, classes = [], None
-    for code, sub in enumerate(subs):
+    for sub in subs:
+        code = constants.cancer_subtype_code(sub) if label == "CANCER_SUBTYPE" else 0
         frame, sub_classes = _load_one(
             sub, label, features_root_dir, tile_size, load_slide, data_dir, code
         )
@@ -248,8 +262,9 @@ def load_tcga(
             if classes is not None and label in SUBTYPE_COLUMNS and sub_classes != classes:
                 raise CohortError(f"{cohort}: {label} classes differ between sub-cohorts")
             classes = sub_classes
-    if label == "CANCER_SUBTYPE":
-        classes = [s.replace("TCGA_", "") for s in subs]
+    if label == "CANCER_SUBTYPE":  # the union's classes, also for a single cohort
+        union = constants.tcga_union_of(subs[0])
+        classes = [s.replace("TCGA_", "") for s in constants.TCGA_UNIONS[union]]
     frame = pd.concat(frames, ignore_index=True)
     frame["center_id"] = frame["patient_id"].str.split("-").str[1]
     frame = finish_slide_table(frame, load_slide)

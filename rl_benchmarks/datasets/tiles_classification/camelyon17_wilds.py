@@ -7,7 +7,7 @@ import os
 import pandas as pd
 
 from rl_benchmarks import constants
-from rl_benchmarks.datasets.validation import require_columns, require_file
+from rl_benchmarks.datasets.validation import read_table, require_columns, require_file
 
 COLUMNS = ["patient", "node", "x_coord", "y_coord", "tumor", "center"]
 
@@ -26,7 +26,7 @@ def load_camelyon17_wilds(
         )
     paths = constants.camelyon17_wilds_paths(data_dir)
     path = require_file(paths["METADATA"], "Camelyon17-WILDS metadata.csv")
-    meta = pd.read_csv(path, index_col=0)
+    meta = read_table(path, "Camelyon17-WILDS metadata.csv", index_col=0)
     require_columns(meta, COLUMNS, path)
     meta = meta[meta["center"].isin(constants.CAMELYON17_WILDS_CENTERS[cohort])]
     patient = meta["patient"].astype(int).map("{:03d}".format)

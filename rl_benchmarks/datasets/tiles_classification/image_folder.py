@@ -8,7 +8,12 @@ from collections.abc import Sequence
 import pandas as pd
 
 from rl_benchmarks.datasets._tables import IMAGE_EXTENSIONS
-from rl_benchmarks.datasets.validation import CohortError, MissingFileError, require_file
+from rl_benchmarks.datasets.validation import (
+    CohortError,
+    MissingFileError,
+    check_label_spellings,
+    require_file,
+)
 
 
 def load_image_folder(
@@ -37,6 +42,7 @@ def load_image_folder(
     if not files:
         raise MissingFileError(f"no images ({', '.join(sorted(exts))}) under {root}/<class>/")
     found = sorted({p.relative_to(root).parts[0] for p in files})
+    check_label_spellings(pd.Series(found), root, "class folder")
     if classes is None:
         classes = found
     else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import warnings
 from pathlib import Path
 
@@ -18,7 +17,8 @@ def load_nct_crc_labels(data_dir: str | os.PathLike | None = None) -> dict[str, 
     """The class-folder -> code dict of ``dict_labels.pkl`` (``clinical/`` or ``labels/``).
 
     Without the pickle, the reference's codes (ADI 0, BACK 1, ..., TUM 8) are used and a
-    warning says so.
+    warning says so. The pickle is read as plain data only (a restricted unpickler: a
+    file asking for any other global is refused, as it could run code).
     """
     paths = constants.nct_crc_paths(data_dir)
     path = Path(paths["LABELS"])
@@ -30,8 +30,12 @@ def load_nct_crc_labels(data_dir: str | os.PathLike | None = None) -> dict[str, 
             stacklevel=2,
         )
         return dict(constants.NCT_CRC_LABELS)
-    with open(path, "rb") as f:
-        labels = pickle.load(f)
+    from rl_benchmarks.val_schemes.experiment import UnsafePickleError, load_legacy_pickle
+
+    try:
+        labels = load_legacy_pickle(path)
+    except (UnsafePickleError, ValueError) as exc:
+        raise CohortError(str(exc)) from None
     if not isinstance(labels, dict):
         raise CohortError(f"{path}: expected a dict class name -> code, got {type(labels).__name__}")
     return {str(k): int(v) for k, v in labels.items()}
