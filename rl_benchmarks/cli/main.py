@@ -2,7 +2,9 @@
 
 Each command has a Hydra config folder ``rl_benchmarks/conf/<conf_dir>/`` whose
 primary file is ``<conf_name>.yaml`` and a module exposing ``main(cfg) -> int``.
-Overrides use Hydra's grammar (``key=value``, ``group=option``, ``+new=value``).
+Overrides use Hydra's grammar (``key=value``, ``group=option``, ``+new=value``). Before a
+command runs, every value is type- and range-checked (:mod:`rl_benchmarks.cli.validation`):
+a bad one is a one-line error and exit code 2, with nothing written. See docs/cli.md.
 """
 
 from __future__ import annotations
@@ -10,9 +12,8 @@ from __future__ import annotations
 import importlib
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-CONF_ROOT = Path(__file__).resolve().parent.parent / "conf"
+from rl_benchmarks.paths import CONF_ROOT
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ COMMANDS: dict[str, Command] = {
                         "LoRA (or linear) fine-tuning of a ViT extractor on a tile dataset"),
     "demo": Command("rl_benchmarks.cli.demo", "demo", "config",
                     "end-to-end demo on generated slides: tiles, features, CV, pictures, report"),
+    "convert-weights": Command(
+        "rl_benchmarks.cli.convert_weights", "convert_weights", "config",
+        "convert a pickled checkpoint into a safe weights file (trust=true)"),
 }
 
 
@@ -60,6 +64,59 @@ def compose(command: str, overrides: list[str]):
     conf_dir = CONF_ROOT / spec.conf_dir
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         return hydra_compose(config_name=spec.conf_name, overrides=overrides)
+
+
+def _groups(command: str) -> list[str]:
+    """The config groups of ``command``: those of its primary file's ``defaults`` list
+    (two commands may share a config folder, each with its own groups)."""
+    from omegaconf import OmegaConf
+
+    spec = COMMANDS[command]
+    primary = CONF_ROOT / spec.conf_dir / f"{spec.conf_name}.yaml"
+    if not primary.is_file():
+        return []
+    defaults = OmegaConf.to_container(OmegaConf.load(primary)).get("defaults") or []
+    names = [str(k).split()[-1] for d in defaults if isinstance(d, dict) for k in d]
+    return sorted(n for n in names if (CONF_ROOT / spec.conf_dir / n).is_dir())
+
+
+def _group_options(command: str, group: str) -> list[str]:
+    """The options of config group ``group`` of ``command``."""
+    folder = CONF_ROOT / COMMANDS[command].conf_dir / group
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def _group_overrides(command: str, overrides: list[str]) -> list[str]:
+    """The overrides that choose a config group option (``model=abmil``, ``~preset``)."""
+    groups = set(_groups(command))
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in groups]
+
+
+def compose_checked(command: str, overrides: list[str], check: bool = True):
+    """Compose ``command``'s config; bad overrides raise one-line ``ConfigValueError``s.
+
+    A mistyped key gets the closest valid keys (never Hydra's ``+key`` hint, which would
+    accept the typo); with ``check``, every value is type- and range-checked against the
+    command's defaults (:mod:`rl_benchmarks.cli.validation`) before any work is done.
+    """
+    from hydra.errors import HydraException
+
+    from rl_benchmarks.cli.validation import ConfigValueError, check_config, composition_message
+
+    groups = _group_overrides(command, overrides)
+    try:
+        cfg = compose(command, overrides)
+    except HydraException as exc:
+        try:
+            reference = compose(command, groups)
+        except HydraException:
+            reference = None
+        message = composition_message(exc, overrides, reference, _groups(command),
+                                      lambda group: _group_options(command, group))
+        raise ConfigValueError(message) from None
+    if check:
+        check_config(command, cfg, compose(command, groups))
+    return cfg
 
 
 def _usage() -> str:
@@ -87,12 +144,13 @@ def run(command: str, overrides: list[str]) -> int:
     if rewrite is not None:
         overrides = rewrite(list(overrides))
     if any(a in ("-h", "--help") for a in overrides):
-        cfg = compose(command, [a for a in overrides if a not in ("-h", "--help")])
+        cfg = compose_checked(command, [a for a in overrides if a not in ("-h", "--help")],
+                              check=False)
         print(f"rlbench {command}: {COMMANDS[command].help}\n")
         print("keys (override with key=value):\n")
         print(OmegaConf.to_yaml(cfg))
         return 0
-    cfg = compose(command, overrides)
+    cfg = compose_checked(command, overrides)  # bad values stop here, before any work
     code = module.main(cfg)
     return int(code or 0)
 
@@ -126,8 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
+    from rl_benchmarks.cli.validation import EXIT_BAD_INPUT, ConfigValueError
+
     try:
         return run(argv[0], argv[1:])
+    except ConfigValueError as exc:
+        if os.environ.get("RLB_DEBUG"):
+            raise
+        print(f"rlbench {argv[0]}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("rlbench: interrupted", file=sys.stderr)
         return 130
@@ -137,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc).strip() or type(exc).__name__
         print(f"rlbench {argv[0]}: error: {message}\n(set RLB_DEBUG=1 to see the traceback)",
               file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
 
 
 def run_reference_script(command: str, argv: list[str] | None = None) -> int:

@@ -182,3 +182,99 @@ def test_image_folder_class_names_and_codes(tmp_path):
     assert classes == ["ADI", "STR", "TUM"]
     for name, code in zip(frame["class_name"], frame["label"]):
         assert classes[code] == name
+
+
+def _tile_splits(root, n_per_class=6):
+    frame = _write_tiles(root, n_per_class=n_per_class)
+    frame = frame.assign(label=frame.label.astype("category").cat.codes.astype(int))
+    return ft.split_frame(frame, (0.5, 0.25, 0.25), seed=0)
+
+
+def test_merged_hf_folder_gives_the_trained_adapter_models_features(tmp_path):
+    """finetune's merged_hf/ (loaded as the phikon_hf extractor) = the trained LoRA model's
+    backbone on the same tiles (fp32, max abs diff <= 1e-5), and its classifier_head.pt
+    on those features = the trained model's logits."""
+    import copy
+
+    from rl_benchmarks.models.feature_extractors import create_extractor
+
+    splits = _tile_splits(tmp_path / "tiles")
+    cfg = ft.FinetuneConfig(mode="lora", lora_r=4, lora_alpha=8, lora_dropout=0.1,
+                            learning_rate=5e-2, batch_size=4, num_epochs=2, image_size=32,
+                            num_workers=0, device="cpu", precision="fp32")
+    base = _tiny_backbone()
+    untouched = copy.deepcopy(base)
+    model = ft.build_model(base, 3, cfg)
+    model, result = ft.train(model, splits, cfg, progress=False)
+    out = ft.save_outputs(model, result, cfg, tmp_path / "out")
+
+    tiles = ft.TileImageDataset(splits["test"], ft.make_transforms(32, train=False))
+    x = torch.stack([tiles[i][0] for i in range(len(tiles))])
+    model.eval()
+    untouched.eval()
+    with torch.no_grad():
+        trained = model.base_model.model.backbone(pixel_values=x).last_hidden_state[:, 0]
+        before = untouched(pixel_values=x).last_hidden_state[:, 0]
+        logits = model(x)
+    # The adapters changed the features: the comparison below can fail.
+    assert (trained - before).abs().max() > 1e-3
+
+    extractor = create_extractor("phikon_hf", weights_path=out / "merged_hf")
+    with torch.no_grad():
+        merged = extractor(x)
+    assert merged.dtype == torch.float32
+    assert float((merged - trained).abs().max()) <= 1e-5
+
+    head = torch.nn.Linear(32, 3)
+    head.load_state_dict(torch.load(out / "classifier_head.pt", weights_only=True))
+    with torch.no_grad():
+        torch.testing.assert_close(head(merged), logits, atol=1e-5, rtol=0)
+
+    # The saved adapter on a fresh copy of the base backbone gives the same features too.
+    reloaded = ft.load_adapter(copy.deepcopy(untouched), 3, out / "adapter")
+    reloaded.eval()
+    with torch.no_grad():
+        again = reloaded.base_model.model.backbone(pixel_values=x).last_hidden_state[:, 0]
+    assert float((again - trained).abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("mode", ["lora", "linear"])
+def test_weights_after_training_are_those_of_the_best_epoch(tmp_path, monkeypatch, mode):
+    """Validation accuracies are scripted to peak at epoch index 1 of 4; the weights used
+    for the test split (and returned) must be those recorded right after that epoch."""
+    splits = _tile_splits(tmp_path / "tiles")
+    cfg = ft.FinetuneConfig(mode=mode, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                            learning_rate=5e-2, batch_size=4, num_epochs=4, image_size=32,
+                            num_workers=0, device="cpu", precision="fp32", augment=False)
+    model = ft.build_model(_tiny_backbone(), 3, cfg)
+
+    snapshots = []  # full state dict at every predict() call: 4 validations, then the test
+    real_predict, real_metrics = ft.predict, ft.classification_metrics
+    scripted = [0.25, 0.75, 0.5, 0.75]  # a later tie does not replace the best epoch
+
+    def recording_predict(m, loader, device, precision="fp32"):
+        snapshots.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return real_predict(m, loader, device, precision)
+
+    def scripted_metrics(labels, logits):
+        metrics = real_metrics(labels, logits)
+        if scripted:
+            metrics["accuracy"] = scripted.pop(0)
+        return metrics
+
+    monkeypatch.setattr(ft, "predict", recording_predict)
+    monkeypatch.setattr(ft, "classification_metrics", scripted_metrics)
+    model, result = ft.train(model, splits, cfg, progress=False)
+
+    assert result.best_epoch == 1 and result.val_accuracy == [0.25, 0.75, 0.5, 0.75]
+    assert len(snapshots) == 5
+    epoch_states, test_state = snapshots[:4], snapshots[4]
+    final = model.state_dict()
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    # Training moved the weights after the best epoch: the check below can fail.
+    assert not same(epoch_states[1], epoch_states[3])
+    assert same(test_state, epoch_states[1])
+    assert same({k: v for k, v in final.items()}, epoch_states[1])
