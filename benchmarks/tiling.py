@@ -154,7 +154,8 @@ order), tiles/s, each worker process reading its contiguous share with its own h
 |---|---|---|
 | `DeepZoomGenerator.get_tile` + `np.asarray` | {rates[('deepzoom', 1)]:.0f} | {rates[('deepzoom', 2)]:.0f} |
 | `TileReader.read` (ours, identical pixels) | {rates[('ours', 1)]:.0f} | {rates[('ours', 2)]:.0f} |
-| ratio ours / DeepZoom | {rates[('ours', 1)] / rates[('deepzoom', 1)]:.2f} | {rates[('ours', 2)] / rates[('deepzoom', 2)]:.2f} |
+| ratio ours / DeepZoom | {rates[('ours', 1)] / rates[('deepzoom', 1)]:.2f} | \
+{rates[('ours', 2)] / rates[('deepzoom', 2)]:.2f} |
 """
     write_section("tiling", md)
     print(md)

@@ -32,3 +32,12 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that reaches the ``real_data`` fixture, directly or through another
+    fixture, carries the ``real_data`` marker (so ``-m "not real_data"`` deselects it)."""
+    for item in items:
+        if "real_data" in getattr(item, "fixturenames", ()) and not item.get_closest_marker(
+                "real_data"):
+            item.add_marker(pytest.mark.real_data)

@@ -113,7 +113,8 @@ def _run(cfg: DictConfig) -> int:
     experiments = []
     for model in cfg.models:
         _step(f"cv {model}", run("cv", [f"task={cls_csv}", f"model={model}",
-                                        f"logs_root_dir={hydra_quote(logs)}", *cv_overrides(cfg, quick, features_name)]))
+                                        f"logs_root_dir={hydra_quote(logs)}",
+                                        *cv_overrides(cfg, quick, features_name)]))
         experiments.append(("classification", model))
     _step("cv survival", run("cv", [f"task={surv_csv}", f"model={cfg.survival_model}",
                                     f"logs_root_dir={hydra_quote(logs)}", *cv_overrides(cfg, quick, features_name)]))

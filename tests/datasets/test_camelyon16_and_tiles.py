@@ -42,7 +42,8 @@ def test_camelyon16_missing_features_and_bad_target(ref):
         ds = SlideClassificationDataset(ref.features, "CAMELYON16_TRAIN")
     assert ds.n_slides == 2
     ref.camelyon16({"Normal_001": "Normal", "Tumor_001": "Metastasis"}, TEST)
-    with pytest.raises(CohortError, match=r"train_clinical_data.csv: column 'target' has unknown label value\(s\) Metastasis"):
+    match = r"train_clinical_data.csv: column 'target' has unknown label value\(s\) Metastasis"
+    with pytest.raises(CohortError, match=match):
         load_dataset("CAMELYON16_TRAIN", ref.features, load_slide=False)
     with pytest.raises(ValueError, match="label must be None"):
         load_dataset("CAMELYON16_TRAIN", ref.features, label="OS")

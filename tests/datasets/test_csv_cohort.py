@@ -103,7 +103,8 @@ def test_blank_labels_are_dropped_with_a_warning(own):
 @pytest.mark.parametrize(
     "rows,kwargs,match",
     [
-        ({"patient_id": ["a"], "label": [1]}, {}, r"cohort.csv: needs a 'slide_id', 'slide_path' or 'features_path' column"),
+        ({"patient_id": ["a"], "label": [1]}, {},
+         r"cohort.csv: needs a 'slide_id', 'slide_path' or 'features_path' column"),
         ({"slide_id": ["s1"], "patient_id": ["a"]}, {}, r"needs a 'label' column or 'time' and 'event' columns"),
         ({"slide_id": ["s1"], "time": [3]}, {"label": "OS"}, r"missing column\(s\) 'event'"),
         ({"slide_id": ["s1"], "label": [1]}, {"label": "MSI"}, r"missing column\(s\) 'MSI'"),
@@ -113,8 +114,10 @@ def test_blank_labels_are_dropped_with_a_warning(own):
          r"1 patient\(s\) with conflicting labels \(p: \['a', 'b'\]\)"),
         ({"slide_id": ["s1", "s2"], "time": [4, -5], "event": [1, 0]}, {},
          r"column 'time' has 1 negative survival time\(s\) \(s2=-5\)"),
-        ({"slide_id": ["s1", "s2"], "time": [4, "soon"], "event": [1, 0]}, {}, r"column 'time' has non-numeric value\(s\) soon"),
-        ({"slide_id": ["s1", "s2"], "time": [4, 5], "event": [1, 2]}, {}, r"column 'event' has unknown label value\(s\) 2"),
+        ({"slide_id": ["s1", "s2"], "time": [4, "soon"], "event": [1, 0]}, {},
+         r"column 'time' has non-numeric value\(s\) soon"),
+        ({"slide_id": ["s1", "s2"], "time": [4, 5], "event": [1, 2]}, {},
+         r"column 'event' has unknown label value\(s\) 2"),
         ({"slide_id": ["s1", "s1"], "label": [1, 1]}, {}, r"slide id\(s\) listed more than once: s1"),
         ({"slide_id": ["s1", "s2"], "patient_id": ["p", "p"], "time": [4, 5], "event": [1, 1]}, {},
          r"conflicting labels \(p: \['4/1', '5/1'\]\)"),
