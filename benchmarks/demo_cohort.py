@@ -37,9 +37,9 @@ def main() -> int:
     import pandas as pd
 
     from rl_benchmarks.demo.synthetic import render_slide
-    from rl_benchmarks.reports.geometry import grid_coords
     from rl_benchmarks.reports.heatmap import draw_heatmap
     from rl_benchmarks.reports.report import build_report
+    from rl_benchmarks.slides.geometry import grid_coords
     from rl_benchmarks.slides.synthetic import write_pyramidal_tiff
     from rl_benchmarks.utils.io import write_csv
 

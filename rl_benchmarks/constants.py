@@ -24,6 +24,8 @@ from rl_benchmarks import paths
 # --------------------------------------------------------------------------------------
 # Constants that do not depend on the data roots
 # --------------------------------------------------------------------------------------
+# ImageNet normalisation of the extractors' input (Phikon's too): the one definition, which
+# the extractors, fine-tuning and pre-training import (and some re-export).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 

@@ -49,6 +49,7 @@ from rl_benchmarks.val_schemes.experiment import (
     last_epoch_values,
     logs_root,
     predictions_frame,
+    run_extractor,
 )
 
 logger = logging.getLogger("rl_benchmarks.cv")
@@ -150,6 +151,10 @@ def run(cfg: DictConfig) -> Path:
     root = logs_root(cfg.get("logs_root_dir"))
     dataset = build_dataset(cfg)
     identity = experiment_identity(cfg, dataset)
+    if cfg.get("test_cohort"):  # checked before training; its features enter the name too
+        from rl_benchmarks.val_schemes.train_test import heldout_features_identity
+
+        identity["test_features"] = heldout_features_identity(cfg, identity["features"])
     name = params2experiment_name(cfg, identity_digests(identity))
     exp = experiment_folder(root, name)
     with exp.lock():
@@ -183,7 +188,7 @@ def _run_locked(cfg: DictConfig, exp: ExperimentFolder, dataset: Any,
         if cfg.get("save_models", True):
             for key, state in ncv.fold_state_dicts.items():
                 exp.save_fold_model(key, state)
-        extractor = identity["features"]["extractor"] or cfg.task.data.get("feature_extractor")
+        extractor = run_extractor(cfg, identity)
         summary = {
             "experiment": exp.name,
             "test": _summarise(test_metrics),
@@ -207,7 +212,8 @@ def _run_locked(cfg: DictConfig, exp: ExperimentFolder, dataset: Any,
 
 
 def _print_summary(folder: Path, summary: dict[str, Any]) -> None:
-    lines = [f"rlbench cv: done in {summary['wall_time_s']:.0f} s -> {folder}"]
+    lines = [f"rlbench cv: done in {summary['wall_time_s']:.0f} s -> {folder}",
+             f"  features: {summary.get('extractor') or 'unknown extractor (no record)'}"]
     for name, s in summary["test"].items():
         if name != "loss":
             lines.append(f"  test {name}: {s['mean']:.4f} ± {s['std']:.4f} (last epoch, "

@@ -9,13 +9,14 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from rl_benchmarks import __version__
-from rl_benchmarks.extraction import distributed as dist_utils
 from rl_benchmarks.extraction.slides import (
     SlideExtractionSettings,
     SlideInput,
+    attach_coords_dir,
     list_slides,
     run_slide_extraction,
 )
+from rl_benchmarks.utils import distributed as dist_utils
 
 logger = logging.getLogger("rlbench.extract")
 
@@ -56,16 +57,28 @@ def build_extractor(cfg: DictConfig, dist: dist_utils.DistInfo):
 
 
 def reference_slides(cfg: DictConfig, extractor_name: str, tile_size: int):
-    """Slides, coords and the default output folder of a reference cohort."""
+    """Slides, coords and the default output folder of ``slide_dataset``.
+
+    A reference cohort is read under ``data_dir`` (the key, else ``$RLB_DATA_DIR`` /
+    conf.yaml) and keeps the reference's folder names (the slide file name). A CSV cohort
+    (``slide_dataset=csv slide_dataset.cohort=<csv>``) is read as ``slides=<csv>`` is: only
+    ``slide_path`` is needed, no label and no data root, and it has no default output
+    folder (None)."""
     from hydra.utils import instantiate
 
     from rl_benchmarks import paths
+    from rl_benchmarks.datasets.slides_classification.csv_cohort import is_csv_cohort
+    from rl_benchmarks.utils.safe_names import safe_name
 
     cohort = cfg.slide_dataset.cohort
-    root = paths.data_dir(cfg.data_dir) / "preprocessed" / "slides_classification" / "features"
+    if is_csv_cohort(cohort):
+        return list_slides(str(cohort)), None
+    data_root = paths.data_dir(_none(cfg.get("data_dir")))
+    root = data_root / "preprocessed" / "slides_classification" / "features"
     sub = Path("TCGA") / cohort if cohort.upper().startswith("TCGA_") else Path(cohort)
-    default_out = root / extractor_name / sub
-    frame = instantiate(cfg.slide_dataset)(tile_size=tile_size, load_slide=True)
+    default_out = root / safe_name(extractor_name) / sub
+    frame = instantiate(cfg.slide_dataset)(tile_size=tile_size, load_slide=True,
+                                           data_dir=str(data_root))
     slides = []
     for row in frame.itertuples(index=False):
         path = Path(row.slide_path)
@@ -100,11 +113,17 @@ def main(cfg: DictConfig) -> int:
         raise ValueError(f"tile_size={tile_size} differs from {extractor.name}'s "
                          f"{extractor.tile_size}: leave tile_size=auto")
     out = _none(cfg.output_dir) or _none(cfg.features_output_dir)
+    if cfg.get("slide_dataset") is not None and _none(cfg.slides) is not None:
+        print("extract-slides: give slides=<folder or CSV> or slide_dataset=<cohort>, not both",
+              file=sys.stderr)
+        return 2
     if cfg.get("slide_dataset") is not None:
         slides, default_out = reference_slides(cfg, extractor.name, tile_size)
         out = out or default_out
-    elif cfg.slides:
-        slides = list_slides(cfg.slides)
+    elif _none(cfg.slides) is not None:
+        given = cfg.slides
+        slides = list_slides([str(v) for v in given] if OmegaConf.is_list(given)
+                             else str(given))
     else:
         print("extract-slides: give slides=<folder or CSV> or slide_dataset=<cohort>",
               file=sys.stderr)
@@ -112,6 +131,8 @@ def main(cfg: DictConfig) -> int:
     if out is None:
         print("extract-slides: give output_dir=<folder>", file=sys.stderr)
         return 2
+    if _none(cfg.get("coords_dir")) is not None:  # rlbench tile's output: reuse its coords
+        slides = attach_coords_dir(slides, str(cfg.coords_dir))
     settings = SlideExtractionSettings(**{**settings_args, "tile_size": tile_size})
     record = {
         "extractor": extractor.record(),

@@ -20,6 +20,7 @@ def main(cfg: DictConfig) -> int:
     from rl_benchmarks.cli.extract_slides import apply_weights_path
     from rl_benchmarks.extraction.slides import check_int
     from rl_benchmarks.models.feature_extractors import extractor_from_config
+    from rl_benchmarks.utils.safe_names import safe_name
     from rl_benchmarks.utils.seed import set_seed
 
     for key, minimum in (("batch_size", 1), ("num_workers", 0), ("chunk_size", 1), ("seed", 0)):
@@ -32,16 +33,17 @@ def main(cfg: DictConfig) -> int:
     tile_size = extractor.tile_size if cfg.tile_size in (None, "auto") else check_int(
         "tile_size", cfg.tile_size)
     node = cfg.tile_dataset
-    if "root" in node:
+    data_dir = cfg.get("data_dir") or None
+    if "root" in node:  # image_folder: its own root, no data root needed
         frame = instantiate(node)()
         cohort = Path(str(node.root)).name
-    else:
-        frame = instantiate(node)()
+    else:  # a reference cohort, read under data_dir (the key, else $RLB_DATA_DIR / conf.yaml)
+        frame = instantiate(node)(data_dir=str(paths.data_dir(data_dir)))
         cohort = node.cohort
     out = cfg.output_dir or cfg.features_output_dir
     if not out:
-        out = (paths.data_dir(cfg.data_dir) / "preprocessed" / "tiles_classification"
-               / "features" / extractor.name / cohort)
+        out = (paths.data_dir(data_dir) / "preprocessed" / "tiles_classification"
+               / "features" / safe_name(extractor.name) / cohort)
     record = {
         "extractor": extractor.record(), "tile_size": tile_size, "cohort": cohort,
         "seed": cfg.seed, "batch_size": cfg.batch_size, "num_workers": cfg.num_workers,

@@ -39,9 +39,10 @@ def load_tile_frame(cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
         parts = {"TRAIN": "train", "VALID": "valid"}
         if base == "CAMELYON17-WILDS":
             parts["TEST"] = "test"
+        data_dir = cfg.get("data_dir") or None  # else $RLB_DATA_DIR / conf.yaml
         frames = []
         for cohort, split in parts.items():
-            f = load_dataset(f"{base}_{cohort}")
+            f = load_dataset(f"{base}_{cohort}", data_dir=data_dir)
             f = f.assign(split=split)
             frames.append(f)
         frame = pd.concat(frames, ignore_index=True)

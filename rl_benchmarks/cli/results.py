@@ -1,6 +1,11 @@
 """``rlbench results``: one CSV row per completed cross-validation experiment (reference §8),
 plus the hyper-parameters selected in each outer fold. Honours ``logs_root_dir``.
 
+``features`` is the extractor the run recorded (``summary.json``: the features' extraction
+records, or the ``task.data.feature_extractor`` override; only the reference's runs, which
+record nothing else, fall back to the configuration key); ``extractor`` is the name in the
+records themselves.
+
 Run folders are read by :mod:`rl_benchmarks.val_schemes.experiment`: JSON files, or the
 reference's pickles through its restricted unpickler (a pickle that asks for anything but
 plain data stops the command with an error naming the file)."""
@@ -25,6 +30,7 @@ from rl_benchmarks.val_schemes.experiment import (
     last_epoch_values,
     load_run,
     logs_root,
+    recorded_extractor,
 )
 
 logger = logging.getLogger("rl_benchmarks.results")
@@ -65,7 +71,7 @@ def experiment_row(folder: Path) -> dict[str, Any] | None:
     trainer = vs.get("trainer_cfg", {})
     row: dict[str, Any] = {
         "model": str(_get(trainer, "model", "_target_", default="")).split(".")[-1],
-        "features": _get(task, "data", "feature_extractor"),
+        "features": recorded_extractor(params, record.summary),
         "n_tiles": _get(task, "data", "n_tiles"),
         "cohort": _get(task, "data", "train", "cohort"),
         "label": _get(task, "data", "train", "label"),
@@ -98,7 +104,7 @@ def experiment_row(folder: Path) -> dict[str, Any] | None:
     )
     row["experiment"] = folder.name
     identity = record.summary.get("identity") or params.get("identity") or {}
-    row["extractor"] = record.summary.get("extractor", row["features"])
+    row["extractor"] = (identity.get("features") or {}).get("extractor") or row["features"]
     row["features_identity"] = (identity.get("features") or {}).get("digest", "")
     row["cohort_identity"] = (identity.get("cohort") or {}).get("digest", "")
     return row

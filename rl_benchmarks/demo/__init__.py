@@ -7,7 +7,7 @@ from rl_benchmarks.demo.synthetic import (
     planted_tile_fraction,
     render_slide,
 )
-from rl_benchmarks.reports.geometry import grid_coords
+from rl_benchmarks.slides.geometry import grid_coords
 
 __all__ = [
     "SyntheticCohort",

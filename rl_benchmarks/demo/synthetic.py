@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rl_benchmarks.reports.geometry import tile_boxes_level0
+from rl_benchmarks.slides.geometry import tile_boxes_level0
 from rl_benchmarks.utils.io import save_npy, write_csv, write_json
 from rl_benchmarks.utils.seed import derive_seed
 

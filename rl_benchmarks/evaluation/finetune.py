@@ -28,7 +28,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from rl_benchmarks.models.feature_extractors.core import IMAGENET_MEAN, IMAGENET_STD
+from rl_benchmarks.constants import IMAGENET_MEAN, IMAGENET_STD
 from rl_benchmarks.models.feature_extractors.hf import hf_preprocessor_config, hf_vit_config
 from rl_benchmarks.utils import io
 from rl_benchmarks.utils.device import autocast, parse_device
@@ -155,6 +155,21 @@ def lora_target_modules(backbone: nn.Module) -> list[str]:
         if set(pair) <= leaf_names:
             return list(pair)
     raise ValueError("finetune: no query/value projections found in the backbone")
+
+
+def check_image_size(backbone: nn.Module, image_size: int) -> None:
+    """The tiles are resized to ``image_size``; a ViTModel takes only the size its position
+    embeddings were made for (``config.image_size``). :func:`train` checks it before it
+    reads any tile, so a mismatch is one line naming the key instead of a crash in the
+    first batch."""
+    expected = getattr(getattr(backbone, "config", None), "image_size", None)
+    if expected is None:
+        return
+    expected = int(expected[0] if isinstance(expected, (list, tuple)) else expected)
+    if int(image_size) != expected:
+        raise ValueError(f"finetune: image_size={image_size} does not fit the backbone, whose "
+                         f"position embeddings are for {expected}x{expected} images: pass "
+                         f"image_size={expected}")
 
 
 def build_model(backbone: nn.Module, n_classes: int, cfg: FinetuneConfig) -> nn.Module:
@@ -301,9 +316,13 @@ def train(
     cfg: FinetuneConfig,
     progress: bool = True,
 ) -> tuple[nn.Module, FinetuneResult]:
-    """Train with AdamW, keep the best epoch by validation accuracy, score the test split."""
+    """Train with AdamW, keep the best epoch by validation accuracy, score the test split.
+    ``cfg.image_size`` is checked against the backbone first (:func:`check_image_size`)."""
     from tqdm.auto import tqdm
 
+    backbone = getattr(model, "backbone", None)  # ViTClassifier, or peft's wrapper of one
+    if backbone is not None:
+        check_image_size(backbone, cfg.image_size)
     set_seed(cfg.seed)
     device = parse_device(cfg.device).primary
     model.to(device)

@@ -87,7 +87,7 @@ def knn_probe(
     normalized: bool = False,
 ) -> dict[str, float]:
     """kNN accuracy and balanced accuracy: ``{"knn_acc": ..., "knn_bacc": ...}``."""
-    from rl_benchmarks.utils.linear_evaluation import balanced_accuracy_metric
+    from rl_benchmarks.metrics.tile_metrics import balanced_accuracy_metric
 
     eval_labels = np.asarray(eval_labels, dtype=np.int64)
     n_classes = int(n_classes or max(np.max(train_labels), np.max(eval_labels)) + 1)

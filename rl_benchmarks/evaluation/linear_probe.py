@@ -1,4 +1,5 @@
-"""Tile-level linear probe: the reference protocol (reference-system.md §9), run faster.
+"""Tile-level linear probe: the reference protocol (docs/protocol.md, "Linear evaluation"),
+run faster.
 
 For each portion ``p`` of the training tiles:
 
@@ -40,10 +41,11 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.preprocessing import StandardScaler
 
 from rl_benchmarks.evaluation.knn import knn_probe, l2_normalize
-from rl_benchmarks.utils.linear_evaluation import (
+from rl_benchmarks.metrics.bootstrap import check_interval_method
+from rl_benchmarks.metrics.tile_metrics import (
+    OVERALL_METRICS,
     get_binary_class_metrics,
     get_bootstrapped_metrics,
-    result_columns,
 )
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,9 @@ SGD_PARAMS: dict = {
 }
 
 #: columns we add after the reference's ones
-EXTRA_COLUMNS = ("bacc", "bt_bacc_low", "bt_bacc_high", "knn_acc", "knn_bacc", "n_train", "eval_set")
+EXTRA_COLUMNS = (
+    "bacc", "bt_bacc_low", "bt_bacc_high", "knn_acc", "knn_bacc", "n_train", "eval_set",
+)
 
 
 @dataclass
@@ -75,6 +79,7 @@ class LinearProbeConfig:
     stratified_portions: bool = False
     knn_k: int = 20  # 0 turns the kNN probe off
     bootstrap_method: str = "fast"  # or "sklearn" (one scikit-learn call per resample)
+    bootstrap_interval: str = "basic"  # the reference's; or "percentile"
 
     def validate(self) -> None:
         portions = list(self.portions)
@@ -91,6 +96,36 @@ class LinearProbeConfig:
             raise ValueError(f"confidence_level must be in (0, 1), got {self.confidence_level}")
         if int(self.knn_k) < 0:
             raise ValueError(f"knn_k must be >= 0 (0 = no kNN probe), got {self.knn_k}")
+        if self.bootstrap_method not in ("fast", "sklearn"):
+            raise ValueError(
+                f"bootstrap_method must be 'fast' or 'sklearn', got {self.bootstrap_method!r}"
+            )
+        check_interval_method(self.bootstrap_interval)
+
+
+def result_columns(class_names: Sequence[str]) -> list[str]:
+    """The reference's CSV columns: ``portion``, per-class auc/acc/f1, overall, CIs."""
+    cols = ["portion"]
+    for name in class_names:
+        cols += [f"{name}_auc", f"{name}_acc", f"{name}_f1"]
+    cols += list(OVERALL_METRICS)
+    for m in OVERALL_METRICS:
+        cols += [f"bt_{m}_low", f"bt_{m}_high"]
+    return cols
+
+
+def dict_to_dataframe(
+    results: Mapping[float, Mapping[str, float]], columns: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Turn ``{portion: {metric: value}}`` into one row per portion, ``portion`` first.
+
+    ``columns`` fixes the order of the metric columns (missing ones are NaN); by default
+    the order of the first row's keys is kept.
+    """
+    rows = [{"portion": portion, **dict(values)} for portion, values in results.items()]
+    if columns is None:
+        columns = list(next(iter(results.values()), {}).keys())
+    return pd.DataFrame(rows, columns=["portion", *[c for c in columns if c != "portion"]])
 
 
 def make_classifier(seed: int) -> SGDClassifier:
@@ -314,7 +349,8 @@ def linear_probe(
     """Run the probe over ``config.portions``; one table per evaluation set.
 
     ``train`` and each value of ``evals`` are ``(features (N, D), labels (N,))`` with
-    labels in ``0..len(class_names)-1``. Each table has the reference's columns (§9) then
+    labels in ``0..len(class_names)-1``. Each table has the reference's columns
+    (:func:`result_columns`) then
     :data:`EXTRA_COLUMNS`. ``on_portion`` receives the tables after every portion (the CLI
     writes its CSVs there, so a killed run keeps the finished portions).
     """
@@ -389,6 +425,7 @@ def linear_probe(
                 row.update(get_bootstrapped_metrics(
                     y_eval, scores, config.n_resamples, config.confidence_level,
                     seed=config.seed, method=config.bootstrap_method,
+                    interval=config.bootstrap_interval,
                 ))
                 if config.knn_k:
                     row.update(knn_probe(knn_sub, y_sub, knn_evals[name], y_eval,

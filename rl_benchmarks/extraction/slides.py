@@ -1,10 +1,12 @@
-"""Slides -> ``<output_dir>/<slide file name>/features.npy`` ((N, 3+D) float32,
+"""Slides -> ``<output_dir>/<slide id>/features.npy`` ((N, 3+D) float32,
 ``[dz_level, col, row, f_1..f_D]``).
 
 Design:
 
-* **Plan.** Each slide gets coords: a given ``coords.npy``, one already written beside
-  its outputs, or tissue tiling on the fly (:func:`rl_benchmarks.slides.tile_slide`) with
+* **Plan.** Each slide gets coords: a given ``coords.npy`` (a CSV ``coords_path``, a
+  reference cohort's, or ``rlbench tile``'s output through :func:`attach_coords_dir`; a
+  ``tiling.json`` beside it must show the extraction's tile size and mpp), one already
+  written beside its outputs, or tissue tiling on the fly (:func:`rl_benchmarks.slides.tile_slide`) with
   the extractor's tile size and mpp (saved too). A slide with no tissue tile is a failure.
 * **Skips are never stale.** Each slide's ``features.json`` holds ``settings``: extractor
   name, weights SHA-256, precision, tile size, mpp, n_tiles, random_sampling, seed, float16
@@ -48,10 +50,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from rl_benchmarks.extraction import distributed as dist_utils
 from rl_benchmarks.extraction import locks
 from rl_benchmarks.extraction.sampling import select_tiles
 from rl_benchmarks.extraction.sharding import shard_by_cost
+from rl_benchmarks.utils import distributed as dist_utils
 from rl_benchmarks.utils import io
 
 logger = logging.getLogger(__name__)
@@ -101,7 +103,8 @@ def check_float(name: str, value: Any, low: float = 0.0, high: float | None = No
 
 @dataclass
 class SlideInput:
-    """One slide to extract: its file, its id (file name with extension) and optional coords."""
+    """One slide to extract: its file, its id (its output folder's name: a CSV's
+    ``slide_id``, else the file name with its extension) and optional coords."""
 
     slide_path: Path
     slide_id: str
@@ -177,12 +180,19 @@ class ExtractionSummary:
 
 def list_slides(slides: str | Path | Sequence[str | Path]) -> list[SlideInput]:
     """Slides from a folder (every known WSI extension), a CSV (``slide_path`` column, and
-    optional ``slide_id`` and ``coords_path`` columns) or a list of paths."""
+    optional ``slide_id`` and ``coords_path`` columns; no other column is needed) or a list
+    of paths.
+
+    The slide id, which names the slide's output folder, is the CSV's ``slide_id`` when
+    given, else the slide's file name with its extension (``a.svs``). Ids must be usable
+    as folder names and unique; otherwise a one-line ValueError names the source."""
     from rl_benchmarks.slides.tiling import collect_slides, read_slide_table
 
-    src = Path(slides) if isinstance(slides, (str, Path)) else None
+    src = Path(slides).expanduser() if isinstance(slides, (str, Path)) else None
     if src is None or src.suffix.lower() != ".csv":
-        return [SlideInput(p, p.name) for p in collect_slides(slides)]
+        out = [SlideInput(p, p.name) for p in collect_slides(slides)]
+        _check_slide_ids(out, str(slides) if src is not None else "slides", csv=False)
+        return out
     out = []
     for path, row in read_slide_table(src):
         sid = (row.get("slide_id") or "").strip() or None
@@ -191,7 +201,98 @@ def list_slides(slides: str | Path | Sequence[str | Path]) -> list[SlideInput]:
         if coords is not None and not coords.is_absolute():
             coords = src.parent / coords
         out.append(SlideInput(path, path.name if sid is None else sid, coords))
+    _check_slide_ids(out, str(src), csv=True)
     return out
+
+
+def _check_slide_ids(slides: Sequence[SlideInput], source: str, csv: bool) -> None:
+    """Every slide id names one output folder: it must be a plain folder name, and unique."""
+    from rl_benchmarks.utils.safe_names import safe_name
+
+    seen: dict[str, Path] = {}
+    for line, slide in enumerate(slides, start=2):
+        sid = slide.slide_id
+        try:
+            ok = safe_name(sid) == sid
+        except ValueError:
+            ok = False
+        if not ok:
+            where = f" (line {line})" if csv else ""
+            raise ValueError(f"{source}: slide id {sid!r}{where} cannot be a folder name: "
+                             f"it holds one of <>:\"/\\|?* or ends with a dot or space")
+        if sid in seen:
+            raise ValueError(f"{source}: slide id {sid!r} is used by two slides ({seen[sid]} and "
+                             f"{slide.slide_path}); give each a distinct slide_id")
+        seen[sid] = slide.slide_path
+
+
+def coords_in_dir(slide: SlideInput, coords_dir: Path) -> Path | None:
+    """``<coords_dir>/<slide file name>/coords.npy`` (the layout ``rlbench tile`` writes),
+    else ``<coords_dir>/<slide id>/coords.npy``; None when neither exists."""
+    for name in dict.fromkeys((slide.slide_path.name, slide.slide_id)):
+        path = coords_dir / name / COORDS_NAME
+        if path.is_file():
+            return path
+    return None
+
+
+def attach_coords_dir(slides: Sequence[SlideInput], coords_dir: str | Path) -> list[SlideInput]:
+    """``slides`` with the coords of ``coords_dir`` (an ``rlbench tile`` output folder) for
+    every slide that has no ``coords_path`` yet (an explicit CSV ``coords_path`` wins).
+    Slides missing from ``coords_dir`` keep none, so they are tiled on the fly, and one
+    warning lists them. Whether the coords fit the extractor is checked by
+    :func:`check_coords_settings` (run by :func:`run_slide_extraction`)."""
+    root = Path(coords_dir).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"coords_dir={root}: not a folder (give the output_dir of rlbench tile)")
+    out, missing = [], []
+    for slide in slides:
+        if slide.coords_path is None:
+            found = coords_in_dir(slide, root)
+            if found is None:
+                missing.append(slide.slide_id)
+            slide = SlideInput(slide.slide_path, slide.slide_id, found)
+        out.append(slide)
+    if missing:
+        head = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)"
+                                          if len(missing) > 10 else "")
+        logger.warning("coords_dir=%s has no coords for %d slide(s), tiled on the fly: %s",
+                       root, len(missing), head)
+    return out
+
+
+def check_coords_settings(slides: Sequence[SlideInput], tile_size: int, mpp: float,
+                          extractor_name: str = "the extractor") -> None:
+    """Raise a one-line ValueError, before any work, when given coords were made (per the
+    ``tiling.json`` beside them, as ``rlbench tile`` writes it) at another tile size or mpp
+    than the extraction's. Coords without a ``tiling.json`` (the reference's) are taken as
+    they are."""
+    import math
+
+    bad = []
+    for slide in slides:
+        if slide.coords_path is None:
+            continue
+        rec = _read_json(Path(slide.coords_path).parent / "tiling.json")
+        if rec is None:
+            continue
+        params = rec.get("params") if isinstance(rec.get("params"), dict) else {}
+        made_size = rec.get("tile_size", params.get("tile_size"))
+        made_mpp = rec.get("target_mpp", params.get("target_mpp"))
+        try:
+            same = (made_size is None or int(made_size) == int(tile_size)) and (
+                made_mpp is None or math.isclose(float(made_mpp), float(mpp), rel_tol=1e-6))
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            bad.append(f"slide {slide.slide_id}: {slide.coords_path} was tiled at "
+                       f"tile_size={made_size}, mpp={made_mpp}, but {extractor_name} extracts "
+                       f"at tile_size={tile_size}, mpp={mpp:g}")
+    if bad:
+        more = f" (and {len(bad) - 1} more slide(s))" if len(bad) > 1 else ""
+        raise ValueError(f"coords made with other settings: {bad[0]}{more}; re-tile with "
+                         f"rlbench tile tile_size={tile_size} target_mpp={mpp:g}, or use "
+                         f"coords made for this extractor")
 
 
 # --------------------------------------------------------------------------- reading
@@ -520,6 +621,7 @@ def run_slide_extraction(
     new = slide_settings(extractor, settings)
     summary = ExtractionSummary(output_dir=str(out_root))
     t0 = time.perf_counter()
+    check_coords_settings(slides, new["tile_size"], new["mpp"], str(new["extractor"]))
 
     # 0. Rank 0 checks the folder and locks the slides it takes; every rank follows.
     plan = None
@@ -590,6 +692,7 @@ def _run_plan(slides, out_root, extractor, settings, run_record, dist, plan, new
             "n_tiles_requested": settings.n_tiles,
             "slide_path": str(slide.slide_path),
             "slide_id": slide.slide_id,
+            "coords_path": str(slide.coords_path or out_dir / COORDS_NAME),
             "n_tiles_available": int(len(coords[mine[local]])),
             "n_tiles": int(len(result)),
             "shape": list(matrix.shape),

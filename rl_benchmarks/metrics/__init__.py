@@ -1,4 +1,12 @@
-"""Slide-level metrics, numpy, called as ``metric(labels, logits)``."""
+"""Every metric of the package, numpy.
+
+* slide level, called as ``metric(labels, logits)`` (the cross-validation run and the
+  report's plots): :data:`METRICS`, from :mod:`.classification_metrics` and
+  :mod:`.survival_metrics`;
+* tile level (the linear probe): :mod:`.tile_metrics`;
+* the one bootstrap, basic or percentile interval: :mod:`.bootstrap` (not re-exported
+  here: a package attribute ``bootstrap`` would hide the submodule of that name).
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Modules: ``ibot`` (backbones, heads, loss, EMA, schedules), ``masking`` (blockwise masks),
 ``augment`` (H&E multi-crop), ``data`` (image folders and slides through coords),
-``train`` (loop, DDP, checkpoints, resume, export).
+``train`` (config composed by Hydra, loop, DDP, checkpoints, resume, export, and
+``run(cfg) -> PretrainResult``, the whole command that ``rlbench pretrain`` calls).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from rl_benchmarks.utils.lazy import lazy_exports
 
 _LAZY = {
     "make_config": "rl_benchmarks.pretraining.train",
+    "run": "rl_benchmarks.pretraining.train",
+    "PretrainResult": "rl_benchmarks.pretraining.train",
     "Trainer": "rl_benchmarks.pretraining.train",
     "export_teacher": "rl_benchmarks.pretraining.train",
     "PretrainError": "rl_benchmarks.pretraining.train",

@@ -30,8 +30,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from rl_benchmarks.constants import IMAGENET_MEAN, IMAGENET_STD  # re-exported here
 
 
 class RandomRot90:

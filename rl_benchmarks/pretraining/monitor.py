@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
-from rl_benchmarks.pretraining.augment import IMAGENET_MEAN, IMAGENET_STD
+from rl_benchmarks.constants import IMAGENET_MEAN, IMAGENET_STD
 from rl_benchmarks.pretraining.ibot import vit_tokens
 
 #: Columns :func:`collapse_stats` returns (and the training log gains when monitoring).

@@ -1,6 +1,10 @@
 """iBOT training loop: one process, or DistributedDataParallel under ``torchrun`` (gloo on
 CPU, NCCL on GPU); crash-safe checkpoints in the iBOT format; exact resume; export.
 
+:func:`run` is the whole ``rlbench pretrain`` command (the CLI only prints its
+:class:`PretrainResult`); :func:`make_config` composes ``conf/pretrain/config.yaml``
+through Hydra with the caller's values as dotted overrides, like every other command.
+
 Checkpoint (``<output_dir>/checkpoint.pth``, written atomically by rank 0) keys:
 ``student`` (DDP-style ``module.backbone.*``/``module.head.*``), ``teacher``
 (``backbone.*``/``head.*``), ``optimizer``, ``epoch`` (completed epochs), ``step`` (next
@@ -18,9 +22,10 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +59,7 @@ from rl_benchmarks.pretraining.ibot import (
     param_groups,
 )
 from rl_benchmarks.pretraining.masking import MaskGenerator
+from rl_benchmarks.utils.distributed import DistInfo, setup_distributed, shutdown
 from rl_benchmarks.utils.io import atomic_open, write_csv, write_text
 from rl_benchmarks.utils.seed import derive_seed, set_seed
 
@@ -69,82 +75,127 @@ class PretrainError(ValueError):
 
 # --------------------------------------------------------------------------- config
 
-
-def load_defaults() -> dict:
-    """The defaults of ``rl_benchmarks/conf/pretrain/config.yaml`` as a plain dict."""
-    import yaml
-
-    path = Path(__file__).resolve().parent.parent / "conf" / "pretrain" / "config.yaml"
-    with open(path) as f:
-        return yaml.safe_load(f)
+CONF_NAME = "config"
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for k, v in override.items():
-        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return out
+def _conf_dir() -> Path:
+    from rl_benchmarks.paths import CONF_ROOT
+
+    return CONF_ROOT / "pretrain"
+
+
+def _to_plain(value: Any) -> Any:
+    """A DictConfig/ListConfig, Path, tuple or numpy scalar as plain Python values."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _quote(text: str) -> str:
+    """``text`` as a Hydra quoted string that composes back to exactly ``text``: quotes and
+    the backslashes before them (or before the end) are escaped, and so is ``${`` (no
+    interpolation of user strings)."""
+    text = re.sub(r"(\\+)(?='|\$\{|$)", lambda m: m.group(1) * 2, text)
+    return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
+
+
+def hydra_value(value: Any) -> str:
+    """A plain Python value written in Hydra's override grammar (``key=<this>``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)  # 'inf', '-inf' and 'nan' are Hydra floats too
+    if isinstance(value, str):
+        return "???" if value == "???" else _quote(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    raise PretrainError(f"config value {value!r} ({type(value).__name__}) is not a "
+                        f"number, string, list or mapping")
+
+
+def config_overrides(cfg: Any = None, **overrides: Any) -> list[str]:
+    """``cfg`` (dict or DictConfig), then ``overrides`` (nested dicts), as Hydra overrides
+    ``dotted.key=value`` (the command line that composes the same config)."""
+    from rl_benchmarks.utils.cross_validation import flatten
+
+    pairs = [*flatten(_to_plain(cfg) or {}).items(), *flatten(_to_plain(overrides)).items()]
+    return [f"{key}={hydra_value(value)}" for key, value in pairs]
+
+
+def compose_config(overrides: list[str] | None = None) -> Any:
+    """``rl_benchmarks/conf/pretrain/config.yaml`` composed by Hydra with ``overrides``
+    (a DictConfig). A key the file does not have is a one-line :class:`PretrainError`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = list(overrides or [])
+    try:
+        with initialize_config_dir(config_dir=str(_conf_dir()), version_base="1.3"):
+            return compose(config_name=CONF_NAME, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise PretrainError(_composition_message(e, overrides)) from None
+
+
+def _composition_message(error: Exception, overrides: list[str]) -> str:
+    """One line for a failed composition: the unknown key (with close matches) or the
+    first line of Hydra's message."""
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    first = str(error).strip().splitlines()
+    line = f"config: {first[0] if first else type(error).__name__}"
+    if not overrides:
+        return line
+    from rl_benchmarks.utils.cross_validation import flatten
+
+    known = list(flatten(OmegaConf.to_container(compose_config())))
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key not in known and not any(k.startswith(key + ".") for k in known):
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            return f"unknown config key '{key}'{hint}; see rlbench pretrain --help"
+    return line
 
 
 def make_config(cfg: Any = None, **overrides: Any) -> dict:
-    """A full plain-dict config: defaults, then ``cfg`` (dict or DictConfig), then
-    ``overrides`` (nested dicts). Unknown keys are an error naming the key."""
-    if cfg is not None and not isinstance(cfg, dict):
-        from omegaconf import OmegaConf
+    """A full plain-dict config composed by Hydra: config.yaml's defaults, then ``cfg``
+    (dict or DictConfig), then ``overrides`` (nested dicts). Unknown keys are an error
+    naming the key."""
+    from omegaconf import OmegaConf
 
-        cfg = OmegaConf.to_container(cfg, resolve=True)
-    defaults = load_defaults()
-    merged = _merge(defaults, cfg or {})
-    merged = _merge(merged, overrides)
-    _check_keys(defaults, merged, "")
-    return merged
+    composed = OmegaConf.to_container(compose_config(config_overrides(cfg, **overrides)),
+                                      resolve=True)
+    _check_groups(OmegaConf.to_container(compose_config()), composed, "")
+    return composed
 
 
-def _check_keys(ref: dict, cfg: dict, prefix: str) -> None:
-    for k, v in cfg.items():
-        if k not in ref:
-            raise PretrainError(f"unknown config key '{prefix}{k}'; see rlbench pretrain --help")
-        if isinstance(ref[k], dict) and isinstance(v, dict):
-            _check_keys(ref[k], v, f"{prefix}{k}.")
-
-
-# --------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return dist.is_available() and dist.is_initialized()
-
-
-def setup_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group when launched by ``torchrun`` (NCCL on GPU, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        dev = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        dev = torch.device(device)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device(f"cuda:{local_rank}")
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise PretrainError(f"device={device} but CUDA is not available")
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(rank, world, local_rank, dev)
+def _check_groups(defaults: dict, cfg: dict, prefix: str) -> None:
+    """A group of keys (``optim``, ``data``...) must stay a group, not become a value."""
+    for key, value in defaults.items():
+        if isinstance(value, dict):
+            if not isinstance(cfg.get(key), dict):
+                raise PretrainError(f"config key '{prefix}{key}' is a group of keys; set "
+                                    f"{prefix}{key}.<key>=value (see rlbench pretrain --help)")
+            _check_groups(value, cfg[key], f"{prefix}{key}.")
 
 
 # --------------------------------------------------------------------------- data
@@ -253,7 +304,7 @@ class Trainer:
         dev = self.dist.device
         self.student, self.teacher = student.to(dev), teacher.to(dev)
         self.student_ddp: nn.Module = self.student
-        if self.dist.distributed:
+        if self.dist.enabled:
             self.student_ddp = nn.parallel.DistributedDataParallel(
                 self.student, device_ids=[dev.index] if dev.type == "cuda" else None)
         self.s_params, self.t_params = ema_pairs(self.student, self.teacher)
@@ -491,21 +542,59 @@ def plot_losses(history: list[dict], path: str | Path, title: str = "iBOT pre-tr
 # --------------------------------------------------------------------------- run
 
 
-def train(cfg: Any, dataset: PretrainDataset | None = None) -> dict:
-    """Run (or resume) an iBOT pre-training described by ``cfg`` (see config.yaml);
-    returns a summary dict. Under torchrun every process calls this."""
+@dataclass(frozen=True)
+class PretrainResult:
+    """What one ``run`` did; every torchrun process returns one (rank 0 wrote the files)."""
+
+    output_dir: Path
+    steps_run: int  # optimiser steps taken by this call (after a resume: the new ones)
+    step: int  # the next global step (steps done so far, resumes included)
+    total_steps: int  # the schedules' length: epochs x steps per epoch
+    epochs: float  # epochs done: step / steps per epoch
+    last_loss: float | None
+    teacher_path: Path | None  # the exported teacher backbone (export.teacher)
+    seconds: float  # wall time of the training loop
+    tiles_per_s: float
+    stopped_early: bool  # time_limit_min ended the run before max_steps/epochs
+    resumed: bool
+    files: dict[str, str] = field(default_factory=dict)  # name -> path of what was written
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0, the process that prints."""
+        return self.rank == 0
+
+    def summary(self) -> dict:
+        """The plain dict ``train`` returns (the keys it has always had)."""
+        return {"steps_run": self.steps_run, "step": self.step, "total_steps": self.total_steps,
+                "epoch": self.epochs, "elapsed_s": self.seconds,
+                "tiles_per_s": self.tiles_per_s, "last_loss": self.last_loss,
+                "stopped_early": self.stopped_early, "resumed": self.resumed,
+                "files": dict(self.files)}
+
+
+def run(cfg: Any, dataset: PretrainDataset | None = None) -> PretrainResult:
+    """Run (or resume) an iBOT pre-training described by ``cfg`` (a dict or DictConfig of
+    config.yaml's keys, composed onto its defaults). Under torchrun every process calls
+    this; it joins the process group and leaves it before returning."""
     cfg = make_config(cfg)
     if cfg.get("output_dir") in (None, "", "???"):
         raise PretrainError("output_dir is required: pass output_dir=<folder>")
-    info = setup_distributed(str(cfg["device"]))
+    info = setup_distributed(cfg["device"])
     try:
         return _run(cfg, info, dataset)
     finally:
-        if info.distributed:
-            dist.destroy_process_group()
+        shutdown(info)
 
 
-def _run(cfg: dict, info: DistInfo, dataset: PretrainDataset | None) -> dict:
+def train(cfg: Any, dataset: PretrainDataset | None = None) -> dict:
+    """:func:`run`, returning its summary as a plain dict (steps, loss, files...)."""
+    return run(cfg, dataset).summary()
+
+
+def _run(cfg: dict, info: DistInfo, dataset: PretrainDataset | None) -> PretrainResult:
     from tqdm import tqdm
 
     trainer = Trainer(cfg, dataset, info)
@@ -572,7 +661,7 @@ def _run(cfg: dict, info: DistInfo, dataset: PretrainDataset | None) -> dict:
                 trainer.save(out / f"checkpoint{done_epochs:04d}.pth")
         if limit_s is not None:
             stop = torch.tensor([float(time.perf_counter() - t0 > limit_s)])
-            if info.distributed:
+            if info.enabled:
                 dist.all_reduce(stop, op=dist.ReduceOp.MAX)
             if stop.item() > 0 and trainer.step < end:
                 stopped_early = True
@@ -595,23 +684,15 @@ def _run(cfg: dict, info: DistInfo, dataset: PretrainDataset | None) -> dict:
         files["hf_dir"] = export_hf(out / EXPORT, cfg["export"]["hf_dir"],
                                     ARCHS[cfg["model"]["arch"]].num_heads)
     steps_run = trainer.step - start_step
-    summary = {
-        "steps_run": steps_run, "step": trainer.step, "total_steps": trainer.total_steps,
-        "epoch": trainer.step / trainer.ipe, "elapsed_s": elapsed,
-        "tiles_per_s": steps_run * trainer.batch_size * info.world_size / max(elapsed, 1e-9),
-        "last_loss": trainer.history[-1]["loss"] if trainer.history else None,
-        "stopped_early": stopped_early, "resumed": resumed, "files": files,
-    }
-    if info.is_main:
-        last = summary["last_loss"]
-        print(f"rlbench pretrain: ran {steps_run} steps in {elapsed:.1f} s "
-              f"({summary['tiles_per_s']:.2f} tiles/s), now at step {trainer.step}/"
-              f"{trainer.total_steps} (epoch {summary['epoch']:.2f}); last loss "
-              f"{'n/a' if last is None else f'{last:.4f}'}"
-              + ("; stopped by time_limit_min" if stopped_early else ""), file=sys.stderr)
-        for name, path in files.items():
-            print(f"  {name}: {path}", file=sys.stderr)
-    return summary
+    return PretrainResult(
+        output_dir=out, steps_run=steps_run, step=trainer.step, total_steps=trainer.total_steps,
+        epochs=trainer.step / trainer.ipe,
+        last_loss=trainer.history[-1]["loss"] if trainer.history else None,
+        teacher_path=Path(files["teacher_backbone"]) if "teacher_backbone" in files else None,
+        seconds=elapsed,
+        tiles_per_s=steps_run * trainer.batch_size * info.world_size / max(elapsed, 1e-9),
+        stopped_early=stopped_early, resumed=resumed, files=files, rank=info.rank,
+        world_size=info.world_size)
 
 
 def export_hf(teacher_path: Path, hf_dir: str | Path, num_heads: int) -> str:

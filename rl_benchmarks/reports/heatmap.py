@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from rl_benchmarks.reports.geometry import tile_boxes_level0
 from rl_benchmarks.reports.plots import _pyplot, save_figure
+from rl_benchmarks.slides.geometry import tile_boxes_level0
 
 
 class HeatmapError(ValueError):

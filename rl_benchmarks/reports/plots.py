@@ -3,8 +3,9 @@
 Why: a nested CV run ends with a few numbers; these pictures show what is behind them
 (the spread over outer folds, how well predicted risk separates survival). Every function
 reads the out-of-fold predictions (see :mod:`rl_benchmarks.reports.predictions`) and
-writes a PNG atomically; metrics follow the reference (AUC of the logits per fold,
-Harrell's c-index of ``-risk``; mean and population std over folds).
+writes a PNG atomically. The per-fold metrics are those of the cross-validation run,
+computed by the same functions of :mod:`rl_benchmarks.metrics` (AUC of the logits per
+fold, Harrell's c-index of ``-risk``); mean and population std over folds.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rl_benchmarks.metrics import (
+    compute_binary_auc,
+    compute_cindex,
+    compute_mean_one_vs_all_auc,
+)
 from rl_benchmarks.reports.predictions import (
     PredictionsError,
     fold_groups,
@@ -52,28 +58,28 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = _DPI) -> Path:
 # Per-fold metrics.
 
 
-def _binary_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    return float(roc_auc_score(labels, scores))
-
-
-def _multiclass_auc(labels: np.ndarray, logits: np.ndarray) -> float:
-    """Mean over the classes present of the one-vs-rest AUC of raw logits (reference rule)."""
-    aucs = [_binary_auc(labels == k, logits[:, k]) for k in np.unique(labels) if k < logits.shape[1]]
-    aucs = [a for a in aucs if not math.isnan(a)]
-    return float(np.mean(aucs)) if aucs else float("nan")
+def survival_labels(time: np.ndarray, event: np.ndarray) -> np.ndarray:
+    """The cross-validation run's survival labels, rebuilt from the predictions file: signed
+    times (``time`` for an event, ``-time`` for a censoring; the file's times are > 0)."""
+    time = np.asarray(time, dtype=np.float64)
+    return np.where(np.asarray(event).astype(bool), time, -time)
 
 
-def _cindex(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
-    from lifelines.utils import concordance_index
+def fold_metric(task: str, fold: pd.DataFrame) -> tuple[str, float]:
+    """The metric of one outer fold's predictions: ``("cindex", ...)`` or ``("auc", ...)``.
 
-    try:
-        return float(concordance_index(time, -risk, event))
-    except (AssertionError, ZeroDivisionError):
-        return 0.5
+    Computed by the functions of :mod:`rl_benchmarks.metrics` that the cross-validation run
+    uses (``compute_cindex``, ``compute_binary_auc``, ``compute_mean_one_vs_all_auc``) on the
+    labels and logits it saw, so the report and the run's metrics cannot disagree (NaN where
+    the metric is undefined, e.g. no comparable pair or a single class).
+    """
+    if task == "survival":
+        labels = survival_labels(fold["time"].to_numpy(), fold["event"].to_numpy())
+        return "cindex", compute_cindex(labels, fold["risk"].to_numpy(np.float64))
+    if task == "binary":
+        return "auc", compute_binary_auc(fold["label"].to_numpy(),
+                                         fold["score"].to_numpy(np.float64))
+    return "auc", compute_mean_one_vs_all_auc(fold["label"].to_numpy(), score_matrix(fold))
 
 
 def fold_metrics(predictions: Any) -> pd.DataFrame:
@@ -82,12 +88,7 @@ def fold_metrics(predictions: Any) -> pd.DataFrame:
     task = frame.attrs["task"]
     rows = []
     for (r, k), g in fold_groups(frame):
-        if task == "survival":
-            name, value = "cindex", _cindex(g["time"].to_numpy(), g["event"].to_numpy(), g["risk"].to_numpy())
-        elif task == "binary":
-            name, value = "auc", _binary_auc(g["label"].to_numpy(), g["score"].to_numpy())
-        else:
-            name, value = "auc", _multiclass_auc(g["label"].to_numpy(), score_matrix(g))
+        name, value = fold_metric(task, g)
         rows.append({"repeat": r, "fold": k, "n_slides": len(g), "metric": name, "value": value})
     return pd.DataFrame(rows)
 
@@ -119,10 +120,13 @@ def roc_curves(
     frame = load_predictions(predictions)
     task = frame.attrs["task"]
     if task == "survival":
-        raise PredictionsError(f"{frame.attrs['source']}: ROC curves need classification predictions")
+        raise PredictionsError(
+            f"{frame.attrs['source']}: ROC curves need classification predictions"
+        )
     plt = _pyplot()
     metrics = fold_metrics(frame)
-    fold_auc = {f"{r}/{k}": v for r, k, v in metrics[["repeat", "fold", "value"]].itertuples(index=False)}
+    fold_auc = {f"{r}/{k}": v
+                for r, k, v in metrics[["repeat", "fold", "value"]].itertuples(index=False)}
     values = np.array([v for v in fold_auc.values() if not math.isnan(v)])
     mean_auc = float(values.mean()) if len(values) else float("nan")
     std_auc = float(values.std()) if len(values) else float("nan")
@@ -163,7 +167,8 @@ def roc_curves(
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     head = title or "ROC curves per outer fold"
-    ax.set_title(f"{head}\nmean AUC over {len(values)} folds: {mean_auc:.3f} ± {std_auc:.3f}", fontsize=10)
+    ax.set_title(f"{head}\nmean AUC over {len(values)} folds: {mean_auc:.3f} ± {std_auc:.3f}",
+                 fontsize=10)
     ax.legend(loc="lower right", fontsize=7.5, frameon=True)
     ax.set_aspect("equal")
     ax.grid(alpha=0.25)
@@ -198,8 +203,8 @@ def risk_groups(predictions: Any, repeat: int | None = None) -> pd.DataFrame:
     """
     frame = load_predictions(predictions)
     if frame.attrs["task"] != "survival":
-        raise PredictionsError(f"{frame.attrs['source']}: Kaplan–Meier curves need survival predictions "
-                               "(time, event, risk)")
+        raise PredictionsError(f"{frame.attrs['source']}: Kaplan–Meier curves need survival "
+                               "predictions (time, event, risk)")
     repeats = sorted(frame["repeat"].unique())
     repeat = int(repeats[0] if repeat is None else repeat)
     if repeat not in repeats:
@@ -210,7 +215,8 @@ def risk_groups(predictions: Any, repeat: int | None = None) -> pd.DataFrame:
                    .reset_index())
     dup = per_patient["patient_id"].duplicated()
     if dup.any():
-        raise PredictionsError(f"{frame.attrs['source']}: patient {per_patient.loc[dup, 'patient_id'].iloc[0]!r}"
+        patient = per_patient.loc[dup, "patient_id"].iloc[0]
+        raise PredictionsError(f"{frame.attrs['source']}: patient {patient!r}"
                                f" is in several test folds of repeat {repeat}")
     median = per_patient.groupby("fold")["risk"].transform("median")
     per_patient["group"] = np.where(per_patient["risk"] > median, "high", "low")
@@ -322,7 +328,8 @@ def results_table(results: pd.DataFrame | str | os.PathLike, digits: int = 3) ->
         std = pd.to_numeric(results.get(f"std_{m}", pd.Series(np.nan, index=results.index)),
                             errors="coerce")
         out[m] = [
-            "" if pd.isna(a) else (f"{a:.{digits}f}" if pd.isna(b) else f"{a:.{digits}f} ± {b:.{digits}f}")
+            "" if pd.isna(a)
+            else (f"{a:.{digits}f}" if pd.isna(b) else f"{a:.{digits}f} ± {b:.{digits}f}")
             for a, b in zip(mean, std)
         ]
     if out.shape[1] == 0:

@@ -10,8 +10,8 @@ What is found under ``run_dir`` (recursively, hidden files skipped):
 * predictions: ``predictions*.csv`` files, and every CSV in a ``predictions/`` folder (as
   ``rlbench cv`` writes them); the files of one folder are one experiment, named after
   that folder (or, for ``predictions/``, its parent; with a ``params.json`` (or a reference
-  ``params.pkl``, read as plain data only) beside it the model, features, cohort and label
-  make the name);
+  ``params.pkl``, read as plain data only) beside it the model, the extractor that made the
+  features (``summary.json``, else the features' records), cohort and label make the name);
 * the results table: ``results_csv`` if given, else the first of
   ``nested_cross_validation_results.csv`` / ``results.csv`` (shallowest first), else a
   table computed from the predictions;
@@ -107,7 +107,12 @@ def _experiment_label(folder: Path) -> str | None:
     """"ABMIL · iBOTViTBasePANCAN · TCGA_CRC MSI" from the configuration of a ``rlbench cv``
     run (``params.json``, or a reference ``params.pkl`` read as plain data only: one that
     asks for anything else raises ``UnsafePickleError``)."""
-    from rl_benchmarks.val_schemes.experiment import PARAMS, ExperimentFolder, UnsafePickleError
+    from rl_benchmarks.val_schemes.experiment import (
+        PARAMS,
+        ExperimentFolder,
+        UnsafePickleError,
+        recorded_extractor,
+    )
 
     exp = ExperimentFolder(folder)
     if exp.find(PARAMS) is None:
@@ -118,6 +123,10 @@ def _experiment_label(folder: Path) -> str | None:
         raise
     except Exception:  # noqa: BLE001 - a label is a nicety; fall back to the folder name
         return None
+    try:
+        summary = exp.read_summary()
+    except Exception:  # noqa: BLE001 - no readable summary: the records in params.json
+        summary = {}
 
     def get(path: str) -> object:
         node: object = cfg
@@ -129,7 +138,7 @@ def _experiment_label(folder: Path) -> str | None:
 
     parts = [
         str(get("task.validation_scheme.trainer_cfg.model._target_") or "").rsplit(".", 1)[-1],
-        str(get("task.data.feature_extractor") or ""),
+        str(recorded_extractor(cfg, summary) or ""),
         " ".join(str(get(f"task.data.train.{k}") or "") for k in ("cohort", "label")),
     ]
     label = " · ".join(p.strip() for p in parts if p and p.strip())

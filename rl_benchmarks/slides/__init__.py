@@ -5,7 +5,7 @@ Public API (imports are lazy so that ``import rl_benchmarks.slides`` stays cheap
     open_slide, SlideInfo, SlideError, SlideNotFoundError, NotASlideError,
     MissingMPPError, MPPToleranceError, SlideReadError      (openslide_io)
     TissueParams, detect_tissue                               (tissue)
-    tile_slide, tile_slides, TilingResult, TilingSummary      (tiling)
+    tile_slide, tile_slides, TilingParams, TilingResult, TilingSummary      (tiling)
     TileReader, SlideTileDataset                              (reader)
     render_qc, save_qc                                        (qc)
     write_pyramidal_tiff, TissueIslands                       (synthetic)
@@ -23,6 +23,7 @@ _EXPORTS = {
     "TissueParams": "tissue", "detect_tissue": "tissue",
     "tile_slide": "tiling", "tile_slides": "tiling", "TilingResult": "tiling",
     "TilingSummary": "tiling",
+    "TilingParams": "tiling",
     "TileReader": "reader", "SlideTileDataset": "reader",
     "render_qc": "qc", "save_qc": "qc",
     "write_pyramidal_tiff": "synthetic", "TissueIslands": "synthetic",

@@ -1,84 +1,45 @@
-"""DeepZoom level choice and the tile grid (reference §3.2 convention).
+"""Tissue fraction of every DeepZoom grid tile (the tiler's keep/drop decision).
 
-Why: coordinates are ``[dz_level, col, row]`` of ``DeepZoomGenerator(slide, tile_size,
-overlap=0, limit_bounds=False)``. DeepZoom level ``L-1`` is level 0 of the slide and
-each level below halves it (sizes rounded up), so the mpp of level ``l`` is
-``mpp0 * 2**(L-1-l)``. The level nearest the target mpp is used; it is an error when
-its mpp is more than ``mpp_tolerance`` (relative) away.
+Why: a tile is kept when enough of its level-0 footprint is tissue; the footprint is the
+one DeepZoom reads (:mod:`rl_benchmarks.slides.geometry`, the single home of the DeepZoom
+level/grid arithmetic, whose names are re-exported here for older imports).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 
+from rl_benchmarks.slides.geometry import (
+    LevelChoice,
+    choose_level,
+    deepzoom_dimensions,
+    tile_extents_level0,
+    tile_grid,
+)
 
-def deepzoom_dimensions(width: int, height: int) -> list[tuple[int, int]]:
-    """Sizes of the DeepZoom levels, level 0 (1×1) first, full resolution last."""
-    dims = [(int(width), int(height))]
-    while dims[-1][0] > 1 or dims[-1][1] > 1:
-        w, h = dims[-1]
-        dims.append((max(1, math.ceil(w / 2)), max(1, math.ceil(h / 2))))
-    return dims[::-1]
-
-
-@dataclass(frozen=True)
-class LevelChoice:
-    """The DeepZoom level chosen for a target mpp."""
-
-    level: int
-    level_count: int
-    downsample: int
-    """Level-0 pixels per pixel of this level (a power of two)."""
-    mpp: float
-    """mpp of this level."""
-    size: tuple[int, int]
-    """(width, height) of this level."""
+__all__ = [
+    "LevelChoice",
+    "choose_level",
+    "deepzoom_dimensions",
+    "grid_extents_level0",
+    "tile_grid",
+    "tissue_fractions",
+]
 
 
-def choose_level(
-    width: int, height: int, mpp0: float, target_mpp: float, mpp_tolerance: float = 0.2
-) -> LevelChoice:
-    """DeepZoom level whose mpp is nearest ``target_mpp``; ValueError if too far."""
-    if not (target_mpp > 0):
-        raise ValueError(f"target_mpp={target_mpp}: must be positive")
-    if not (mpp_tolerance >= 0):
-        raise ValueError(f"mpp_tolerance={mpp_tolerance}: must be >= 0")
-    dims = deepzoom_dimensions(width, height)
-    n = len(dims)
-    mpps = [mpp0 * 2 ** (n - 1 - lvl) for lvl in range(n)]
-    best = min(range(n), key=lambda lvl: (abs(mpps[lvl] - target_mpp), -lvl))
-    rel = abs(mpps[best] - target_mpp) / target_mpp
-    if rel > mpp_tolerance:
-        raise ValueError(
-            f"no DeepZoom level within {mpp_tolerance:.0%} of target_mpp={target_mpp} "
-            f"(slide mpp {mpp0:.4g}; nearest level {best} has mpp {mpps[best]:.4g}, "
-            f"{rel:.0%} off); change target_mpp or mpp_tolerance"
-        )
-    return LevelChoice(best, n, 2 ** (n - 1 - best), mpps[best], dims[best])
-
-
-def tile_grid(size: tuple[int, int], tile_size: int) -> tuple[int, int]:
-    """(cols, rows) of the DeepZoom tile grid of a level of ``size`` (border tiles included)."""
-    return math.ceil(size[0] / tile_size), math.ceil(size[1] / tile_size)
-
-
-def tile_boxes_level0(
+def grid_extents_level0(
     choice: LevelChoice, tile_size: int, slide_size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Level-0 extents of all grid tiles: x0 (cols,), x1 (cols,), y0 (rows,), y1 (rows,).
+    """Level-0 extents (float64) of all grid tiles of the chosen level: x0 (cols,),
+    x1 (cols,), y0 (rows,), y1 (rows,).
 
     Border tiles end at the slide edge (their padded part is outside the slide).
     """
     cols, rows = tile_grid(choice.size, tile_size)
-    d = choice.downsample
-    x0 = np.arange(cols, dtype=np.float64) * tile_size * d
-    y0 = np.arange(rows, dtype=np.float64) * tile_size * d
-    x1 = np.minimum(x0 + tile_size * d, slide_size[0])
-    y1 = np.minimum(y0 + tile_size * d, slide_size[1])
-    return x0, x1, y0, y1
+    x0, x1 = tile_extents_level0(np.arange(cols), tile_size, choice.downsample, slide_size[0])
+    y0, y1 = tile_extents_level0(np.arange(rows), tile_size, choice.downsample, slide_size[1])
+    return (x0.astype(np.float64), x1.astype(np.float64),
+            y0.astype(np.float64), y1.astype(np.float64))
 
 
 def _integral(sat: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
@@ -119,7 +80,7 @@ def tissue_fractions(
     """
     sat = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.float64)
     sat[1:, 1:] = np.cumsum(np.cumsum(mask.astype(np.float64), axis=0), axis=1)
-    x0, x1, y0, y1 = tile_boxes_level0(choice, tile_size, slide_size)
+    x0, x1, y0, y1 = grid_extents_level0(choice, tile_size, slide_size)
     sx, sy = mask_scale
     xs = np.concatenate([x0, x1]) / sx
     ys = np.concatenate([y0, y1]) / sy

@@ -16,12 +16,13 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
-from rl_benchmarks.slides.grid import choose_level, tile_grid, tissue_fractions
+from rl_benchmarks.slides.geometry import choose_level, tile_grid
+from rl_benchmarks.slides.grid import tissue_fractions
 from rl_benchmarks.slides.openslide_io import (
     SLIDE_EXTENSIONS,
     MPPToleranceError,
@@ -40,6 +41,71 @@ FAILURES_FILE = "failures.csv"
 SUMMARY_FILE = "tiling_summary.json"
 
 _CHUNK = 4096  # read the mask image in chunks of at most this many level pixels per side
+
+
+@dataclass(frozen=True)
+class TilingParams:
+    """What decides a slide's tiles: the one list of tiling settings, with their defaults.
+
+    Why one dataclass: ``tile_slide``, ``tile_slides`` and the skip check of finished
+    slides (``tiling.json`` ``params``) must agree on the same keys and defaults. Values are
+    checked and normalised (ints/floats) when built; a bad value is a ValueError naming the
+    field. :meth:`as_dict` is the JSON form recorded as ``params``.
+    """
+
+    tile_size: int = 224
+    """Tile side in pixels of the chosen DeepZoom level."""
+    target_mpp: float = 0.5
+    """Wanted µm/px of the tiles; the nearest DeepZoom level is used."""
+    min_tissue: float = 0.6
+    """Keep a tile when at least this fraction of it is tissue (0 keeps every tile)."""
+    default_mpp: float | None = None
+    """mpp used for a slide whose file gives none (None: such a slide fails)."""
+    mpp_tolerance: float = 0.2
+    """Largest relative gap between ``target_mpp`` and the chosen level's mpp."""
+    mask_mpp: float = 8.0
+    """µm/px of the image the tissue is detected on."""
+
+    def __post_init__(self) -> None:
+        def real(v: object) -> bool:
+            return (not isinstance(v, bool) and isinstance(v, (int, float, np.number))
+                    and math.isfinite(v))
+
+        checks = {
+            "tile_size": (lambda v: real(v) and int(v) == v and v > 0,
+                          "must be a positive integer", int),
+            "target_mpp": (lambda v: real(v) and v > 0, "must be a positive number", float),
+            "min_tissue": (lambda v: real(v) and 0 <= v <= 1, "must be a number in [0, 1]",
+                           float),
+            "default_mpp": (lambda v: v is None or (real(v) and v > 0),
+                            "must be a positive number or None", float),
+            "mpp_tolerance": (lambda v: real(v) and v >= 0, "must be a number >= 0", float),
+            "mask_mpp": (lambda v: real(v) and v > 0, "must be a positive number", float),
+        }
+        for name, (ok, what, cast) in checks.items():
+            value = getattr(self, name)
+            if not ok(value):
+                raise ValueError(f"TilingParams.{name}={value!r}: {what}")
+            if value is not None:
+                object.__setattr__(self, name, cast(value))
+
+    @classmethod
+    def build(cls, params: TilingParams | None = None, **overrides: object) -> TilingParams:
+        """``params`` (default: the defaults) with the ``overrides`` that are not None.
+
+        This is how the functions' keyword arguments (``tile_slide(path, tile_size=256)``)
+        become a :class:`TilingParams`; an unknown keyword is a TypeError.
+        """
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(f"TilingParams has no field(s) {unknown}; fields are {sorted(names)}")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(params, **given) if params is not None else cls(**given)
+
+    def as_dict(self) -> dict:
+        """JSON-able dict (the ``params`` of ``tiling.json`` and ``tiling_summary.json``)."""
+        return asdict(self)
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,7 +149,9 @@ def read_mask_image(
             try:
                 region = slide.read_region((int(x * ds), int(y * ds)), level, (cw, ch))  # type: ignore[attr-defined]
             except Exception as err:
-                raise SlideReadError(info.path, f"reading level {level} at {(x, y)}: {err}") from err
+                raise SlideReadError(
+                    info.path, f"reading level {level} at {(x, y)}: {err}"
+                ) from err
             a = np.asarray(region)
             alpha = a[..., 3:4].astype(np.float32) / 255.0
             px = a[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
@@ -172,36 +240,38 @@ class TilingResult:
 
 def tile_slide(
     path: str | os.PathLike,
-    tile_size: int = 224,
-    target_mpp: float = 0.5,
-    min_tissue: float = 0.6,
+    tile_size: int | None = None,
+    target_mpp: float | None = None,
+    min_tissue: float | None = None,
     default_mpp: float | None = None,
-    mpp_tolerance: float = 0.2,
-    mask_mpp: float = 8.0,
+    mpp_tolerance: float | None = None,
+    mask_mpp: float | None = None,
     tissue_params: TissueParams | None = None,
     max_mask_megapixels: float = 4.0,
+    params: TilingParams | None = None,
 ) -> TilingResult:
     """Detect tissue and return the grid tiles with tissue fraction ≥ ``min_tissue``.
 
-    Tissue is detected on an image at about ``mask_mpp`` µm/px (raised up to 2x for
-    slides whose mask would exceed ``max_mask_megapixels``). Raises :class:`SlideError`
-    subclasses (one-line messages) for unusable slides. A slide without tissue gives 0
-    tiles and a ``message`` saying why.
+    The tiling settings are ``params`` (default :class:`TilingParams`), with each keyword
+    from ``tile_size`` to ``mask_mpp`` that is given (not None) taking precedence; bad
+    values are a ValueError naming the field. Tissue is detected on an image at about
+    ``mask_mpp`` µm/px (raised up to 2x for slides whose mask would exceed
+    ``max_mask_megapixels``). Raises :class:`SlideError` subclasses (one-line messages)
+    for unusable slides. A slide without tissue gives 0 tiles and a ``message`` saying why.
     """
     t0 = time.perf_counter()
-    if int(tile_size) != tile_size or tile_size <= 0:
-        raise ValueError(f"tile_size={tile_size}: must be a positive integer")
-    if not 0.0 <= min_tissue <= 1.0:
-        raise ValueError(f"min_tissue={min_tissue}: must be in [0, 1]")
-    if not mask_mpp > 0:
-        raise ValueError(f"mask_mpp={mask_mpp}: must be positive")
+    p = TilingParams.build(
+        params, tile_size=tile_size, target_mpp=target_mpp, min_tissue=min_tissue,
+        default_mpp=default_mpp, mpp_tolerance=mpp_tolerance, mask_mpp=mask_mpp,
+    )
+    tile_size, target_mpp, min_tissue = p.tile_size, p.target_mpp, p.min_tissue
     tissue_params = tissue_params or TissueParams()
-    with open_slide(path, default_mpp=default_mpp) as info:
+    with open_slide(path, default_mpp=p.default_mpp) as info:
         try:
-            choice = choose_level(*info.dimensions, info.mpp, target_mpp, mpp_tolerance)
+            choice = choose_level(*info.dimensions, info.mpp, target_mpp, p.mpp_tolerance)
         except ValueError as err:
             raise MPPToleranceError(info.path, str(err)) from None
-        eff_mpp = mask_mpp_for(info, mask_mpp, max_mask_megapixels)
+        eff_mpp = mask_mpp_for(info, p.mask_mpp, max_mask_megapixels)
         rgb, valid, scale, m_mpp, m_level = read_mask_image(info, eff_mpp)
     det = detect_tissue(rgb, m_mpp, tissue_params, valid=valid)
     frac = tissue_fractions(det.mask, scale, choice, int(tile_size), info.dimensions)
@@ -338,15 +408,10 @@ def reference_slide_dir(
     return output_dir / f"coords_{tile_size}" / sub / slide_name
 
 
-def _params(kw: dict) -> dict:
-    keys = ("tile_size", "target_mpp", "min_tissue", "default_mpp", "mpp_tolerance", "mask_mpp")
-    return {k: kw[k] for k in keys}
-
-
 def _tile_job(job: dict) -> dict:
     """Tile one slide and write its files; never raises (returns a status row)."""
     path, out = Path(job["path"]), Path(job["out"])
-    kw = job["kwargs"]
+    kw = job["params"]  # TilingParams.as_dict()
     row = {"slide": str(path), "slide_name": path.name, "out": str(out)}
     rec_path, coords_path = out / RECORD_FILE, out / COORDS_FILE
     if not job["overwrite"] and rec_path.is_file() and coords_path.is_file():
@@ -357,7 +422,7 @@ def _tile_job(job: dict) -> dict:
         except (OSError, ValueError):
             rec = {}
         same = dict(rec.get("params") or {})
-        want = _params(kw)
+        want = dict(kw)
         if rec.get("mpp_source") != "default_mpp":  # default_mpp did not matter for it
             same.pop("default_mpp", None)
             want.pop("default_mpp", None)
@@ -367,14 +432,14 @@ def _tile_job(job: dict) -> dict:
             return row
     try:
         params = TissueParams(**job["tissue"]) if job["tissue"] else None
-        res = tile_slide(path, tissue_params=params, **kw)
+        res = tile_slide(path, tissue_params=params, params=TilingParams(**kw))
         save_npy(coords_path, res.coords)
         if job["qc"]:
             from rl_benchmarks.slides.qc import save_qc
 
             save_qc(res, out / QC_FILE)
         rec = res.record()
-        rec["params"] = _params(kw)
+        rec["params"] = dict(kw)
         write_json(rec_path, rec)
         row.update(status=rec["status"], n_tiles=res.n_tiles, message=res.message,
                    seconds=round(res.seconds, 3), level=res.level, mpp=res.mpp)
@@ -388,12 +453,12 @@ def _tile_job(job: dict) -> dict:
 def tile_slides(
     slides: str | os.PathLike | Sequence[str | os.PathLike],
     output_dir: str | os.PathLike | None,
-    tile_size: int = 224,
-    target_mpp: float = 0.5,
-    min_tissue: float = 0.6,
+    tile_size: int | None = None,
+    target_mpp: float | None = None,
+    min_tissue: float | None = None,
     default_mpp: float | None = None,
-    mpp_tolerance: float = 0.2,
-    mask_mpp: float = 8.0,
+    mpp_tolerance: float | None = None,
+    mask_mpp: float | None = None,
     tissue_params: TissueParams | None = None,
     num_workers: int = 1,
     qc: bool = True,
@@ -402,6 +467,7 @@ def tile_slides(
     cohort: str | None = None,
     layout: str = "flat",
     progress: bool = True,
+    params: TilingParams | None = None,
 ) -> TilingSummary:
     """Tile many slides; write per-slide files, ``failures.csv`` and a summary.
 
@@ -410,8 +476,15 @@ def tile_slides(
     ``qc.png`` and ``tiling.json``. Slides already done with the same parameters are
     skipped. A slide that cannot be tiled is listed in ``failures.csv`` (slide, error)
     and the others go on; so is a slide without tiles when ``empty_is_failure``.
+    The tiling settings are ``params`` (default :class:`TilingParams`) with the keywords
+    ``tile_size`` ... ``mask_mpp`` that are given (not None) taking precedence, as in
+    :func:`tile_slide`; they are checked before any slide is opened.
     """
     t0 = time.perf_counter()
+    settings = TilingParams.build(
+        params, tile_size=tile_size, target_mpp=target_mpp, min_tissue=min_tissue,
+        default_mpp=default_mpp, mpp_tolerance=mpp_tolerance, mask_mpp=mask_mpp,
+    )
     if layout not in ("flat", "reference"):
         raise ValueError(f"layout={layout!r}: expected 'flat' or 'reference'")
     if layout == "reference" and not cohort:
@@ -432,16 +505,13 @@ def tile_slides(
                 "output folders are named after the file, rename one"
             )
         names[p.name] = p
-    kwargs = dict(tile_size=int(tile_size), target_mpp=float(target_mpp),
-                  min_tissue=float(min_tissue),
-                  default_mpp=None if default_mpp is None else float(default_mpp),
-                  mpp_tolerance=float(mpp_tolerance), mask_mpp=float(mask_mpp))
+    recorded = settings.as_dict()
     tissue = params_dict(tissue_params) if tissue_params else None
     jobs = []
     for p in paths:
-        out = (reference_slide_dir(output_dir, cohort, int(tile_size), p.name)
+        out = (reference_slide_dir(output_dir, cohort, settings.tile_size, p.name)
                if layout == "reference" else output_dir / p.name)
-        jobs.append(dict(path=str(p), out=str(out), kwargs=kwargs, tissue=tissue, qc=qc,
+        jobs.append(dict(path=str(p), out=str(out), params=recorded, tissue=tissue, qc=qc,
                          overwrite=overwrite))
     output_dir.mkdir(parents=True, exist_ok=True)
     rows = _run_jobs(jobs, num_workers, progress)
@@ -475,7 +545,7 @@ def tile_slides(
     write_json(output_dir / SUMMARY_FILE, {
         "n_slides": summary.n_slides, "n_done": summary.n_done, "n_skipped": summary.n_skipped,
         "n_empty": summary.n_empty, "n_failed": summary.n_failed, "n_tiles": summary.n_tiles,
-        "seconds": round(summary.seconds, 3), "params": kwargs, "layout": layout,
+        "seconds": round(summary.seconds, 3), "params": recorded, "layout": layout,
         "cohort": cohort, "slides": rows,
     })
     for slide, err in summary.failures:

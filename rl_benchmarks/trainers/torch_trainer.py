@@ -14,21 +14,15 @@ from tqdm.auto import tqdm
 
 from rl_benchmarks.trainers.base_trainer import BaseTrainer
 from rl_benchmarks.trainers.utils import slide_level_train_step, slide_level_val_step
+from rl_benchmarks.utils.device import resolve_torch_device
 from rl_benchmarks.utils.seed import derive_seed
 
 
 def resolve_device(device: Any) -> torch.device:
-    """``"auto"`` picks CUDA when present; ``None``/``-1`` mean CPU; an int K is ``cuda:K``."""
-    if device in (None, -1, "-1", "cpu"):
-        return torch.device("cpu")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(device, int):
-        return torch.device(f"cuda:{device}")
-    dev = torch.device(str(device))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available; use device=auto")
-    return dev
+    """The trainer's device, parsed by :func:`rl_benchmarks.utils.device.resolve_torch_device`
+    (``"auto"``: CUDA when present; ``None``/``-1``/``"cpu"``: the CPU; K or ``"cuda:K"``: GPU K;
+    a GPU without CUDA is a one-line ValueError)."""
+    return resolve_torch_device(device)
 
 
 class EpochPermutationSampler(Sampler[int]):

@@ -11,6 +11,11 @@
 As in the reference, an int, a list or None on a machine without CUDA means the CPU
 (a warning says so). An explicit ``"cuda..."`` string without CUDA is an error.
 
+Where one process trains on one device (the MIL trainer, iBOT pre-training),
+:func:`resolve_torch_device` gives a single ``torch.device`` instead: there ``None`` means
+the CPU, a GPU asked for on a machine without CUDA is an error (never a silent fallback),
+and a bare ``"cuda"``/``"auto"`` takes the process's ``local_rank`` under ``torchrun``.
+
 ``precision`` is ``fp32`` (default), ``bf16`` or ``fp16``: the two last ones run the model
 under ``torch.autocast``; outputs are cast back to float32 by the extractors.
 """
@@ -124,6 +129,47 @@ def parse_device(device: Any = -1) -> DeviceSpec:
             return DeviceSpec("cpu")
         return _check_ids(ids, ids) if _cuda_count() else _fallback_cpu(ids)
     raise ValueError(f"device={device!r} ({type(device).__name__}) is not understood")
+
+
+def resolve_torch_device(device: Any = "auto", local_rank: int | None = None) -> torch.device:
+    """The one ``torch.device`` a single-device process runs on.
+
+    ``"auto"``: CUDA when present, else the CPU; ``-1``, ``None`` or ``"cpu"``: the CPU; an
+    int ``K`` (or ``"K"``, ``"cuda:K"``): GPU K; ``"cuda"``: the current GPU. A bare
+    ``"cuda"``/``"auto"`` becomes ``cuda:<local_rank>`` when ``local_rank`` is given (each
+    ``torchrun`` process on its own GPU). Asking for a GPU without CUDA, or for a GPU
+    index that does not exist, is a ``ValueError`` that names the value.
+    """
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, torch.device):
+        device = str(device)
+    if isinstance(device, bool) or not isinstance(device, (int, str)):
+        raise ValueError(f"device={device!r} is not one device; use 'auto', -1 or 'cpu', "
+                         f"K or 'cuda:K'")
+    text = device.strip().lower() if isinstance(device, str) else str(device)
+    if text in ("cpu", "-1"):
+        return torch.device("cpu")
+    if text in ("auto", "cuda"):
+        if not _cuda_count():
+            if text == "auto":
+                return torch.device("cpu")
+            raise ValueError(f"device={device!r} but CUDA is not available on this machine; "
+                             f"use device=auto or device=cpu")
+        if local_rank is None:
+            return torch.device("cuda")
+        return _check_ids([int(local_rank)], device).primary
+    m = re.fullmatch(r"(?:cuda:)?(-?\d+)", text)
+    if not m:
+        raise ValueError(f"device={device!r} is not one device; use 'auto', -1 or 'cpu', "
+                         f"K or 'cuda:K'")
+    index = int(m.group(1))
+    if index < 0:
+        raise ValueError(f"device={device!r}: use -1 for the CPU or a GPU index >= 0")
+    if not _cuda_count():
+        raise ValueError(f"device={device!r} but CUDA is not available on this machine; "
+                         f"use device=auto or device=cpu")
+    return _check_ids([index], device).primary
 
 
 def _is_listconfig(value: Any) -> bool:

@@ -1,452 +1,55 @@
-"""Helpers of the tile-level linear evaluation (reference-system.md §9).
+"""The reference's module path for the tile-level linear-evaluation helpers.
 
-The reference's names live here: ``bootstrap``, ``remove_labels``, ``build_datasets``,
-``get_binary_class_metrics``, ``get_bootstrapped_metrics`` and ``dict_to_dataframe``.
+Users of the reference import ``bootstrap``, ``remove_labels``, ``build_datasets``,
+``get_binary_class_metrics``, ``get_bootstrapped_metrics`` and ``dict_to_dataframe`` from
+here, so these names stay importable; each lives in its own home:
 
-Bootstrap confidence intervals are *basic* (reverse-percentile) intervals
-``(2θ - q_{1-α/2}, 2θ - q_{α/2})`` where θ is the statistic on the full sample and q the
-quantiles of the statistic over ``n_resamples`` resamples drawn with replacement.
-
-``get_bootstrapped_metrics`` computes AUC, accuracy, F1 and balanced accuracy of every
-resample from per-resample sample *counts* (a resample is a multiset of the evaluation
-tiles), sorting the scores once instead of once per resample. It gives the same numbers as
-calling scikit-learn on ``y[idx]`` for the same index draws (``method="sklearn"`` does
-exactly that and is kept as the reference-style path and for tests).
+* metrics and the bootstrap: :mod:`rl_benchmarks.metrics.tile_metrics` and
+  :mod:`rl_benchmarks.metrics.bootstrap`;
+* features -> ``(X, y)`` tables: :mod:`rl_benchmarks.datasets.tiles_classification.probe_data`;
+* the result table: :mod:`rl_benchmarks.evaluation.linear_probe`.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
-
-import numpy as np
-import pandas as pd
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    f1_score,
-    roc_auc_score,
+from rl_benchmarks.datasets.tiles_classification.probe_data import build_datasets, remove_labels
+from rl_benchmarks.evaluation.linear_probe import dict_to_dataframe, result_columns
+from rl_benchmarks.metrics.bootstrap import (
+    basic_interval,
+    bootstrap,
+    bootstrap_interval,
+    percentile_interval,
+    resample_indices,
+)
+from rl_benchmarks.metrics.tile_metrics import (
+    ALL_METRICS,
+    OVERALL_METRICS,
+    SKLEARN_METRICS,
+    accuracy_metric,
+    auc_score,
+    balanced_accuracy_metric,
+    f1_metric,
+    get_binary_class_metrics,
+    get_bootstrapped_metrics,
 )
 
-logger = logging.getLogger(__name__)
-
-#: overall metrics of the bootstrapped table, in the reference's column order
-OVERALL_METRICS = ("auc", "acc", "f1")
-#: every overall metric we bootstrap (balanced accuracy is our addition)
-ALL_METRICS = ("auc", "acc", "f1", "bacc")
-
-# elements of one (resamples x samples) block of counts; bounds the memory of the fast path
-_BLOCK_ELEMENTS = 2_000_000
-
-
-# --------------------------------------------------------------------------------------
-# resampling and intervals
-# --------------------------------------------------------------------------------------
-def resample_indices(n: int, n_resamples: int, seed: int = 0) -> Iterator[np.ndarray]:
-    """Yield ``n_resamples`` index arrays of length ``n`` drawn with replacement.
-
-    One ``rng.integers(0, n, n)`` call per resample from ``np.random.default_rng(seed)``,
-    so every bootstrap path of this module sees the same resamples for the same seed.
-    """
-    rng = np.random.default_rng(seed)
-    for _ in range(n_resamples):
-        yield rng.integers(0, n, size=n)
-
-
-def basic_interval(
-    theta: float, stats: np.ndarray, confidence_level: float = 0.95
-) -> tuple[float, float]:
-    """Basic (reverse-percentile) bootstrap interval around ``theta``.
-
-    Resamples where the statistic is undefined (NaN, e.g. an AUC on a resample holding a
-    single class) are left out; with none left the interval is (NaN, NaN).
-    """
-    _check_confidence_level(confidence_level)
-    stats = np.asarray(stats, dtype=np.float64)
-    stats = stats[~np.isnan(stats)]
-    if stats.size == 0 or np.isnan(theta):
-        return float("nan"), float("nan")
-    alpha = 1.0 - confidence_level
-    q_low, q_high = np.quantile(stats, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return float(2.0 * theta - q_high), float(2.0 * theta - q_low)
-
-
-def bootstrap(
-    y_true: np.ndarray,
-    y_score: np.ndarray,
-    metric: Callable[[np.ndarray, np.ndarray], float],
-    n_resamples: int = 1000,
-    confidence_level: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """Point estimate and basic bootstrap CI of ``metric(y_true, y_score)``.
-
-    Resamples the (label, score) pairs with replacement ``n_resamples`` times. A resample
-    on which ``metric`` raises ``ValueError`` (e.g. one class only) counts as undefined.
-    Returns ``(theta, low, high)``.
-    """
-    y_true = np.asarray(y_true)
-    y_score = np.asarray(y_score)
-    if len(y_true) != len(y_score):
-        raise ValueError(
-            f"bootstrap: y_true has {len(y_true)} rows but y_score has {len(y_score)}"
-        )
-    theta = _safe_metric(metric, y_true, y_score)
-    stats = np.array(
-        [
-            _safe_metric(metric, y_true[idx], y_score[idx])
-            for idx in resample_indices(len(y_true), n_resamples, seed)
-        ],
-        dtype=np.float64,
-    )
-    low, high = basic_interval(theta, stats, confidence_level)
-    return theta, low, high
-
-
-def _safe_metric(metric: Callable, y_true: np.ndarray, y_score: np.ndarray) -> float:
-    import warnings
-
-    from sklearn.exceptions import UndefinedMetricWarning
-
-    try:
-        with warnings.catch_warnings():
-            # scikit-learn >= 1.6 warns and returns NaN where older versions raised
-            warnings.simplefilter("ignore", UndefinedMetricWarning)
-            return float(metric(y_true, y_score))
-    except ValueError:
-        return float("nan")
-
-
-def _check_confidence_level(confidence_level: float) -> None:
-    if not 0.0 < float(confidence_level) < 1.0:
-        raise ValueError(f"confidence_level must be in (0, 1), got {confidence_level!r}")
-
-
-# --------------------------------------------------------------------------------------
-# metrics on one sample (scikit-learn; the reference-style path)
-# --------------------------------------------------------------------------------------
-def auc_score(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """AUC as in the reference: ``scores[:, 1]`` for 2 classes, macro one-vs-rest otherwise.
-
-    With more than 2 classes and some class absent from ``y_true`` (scikit-learn refuses
-    that case), the macro average runs over the classes present; NaN below 2 classes.
-    """
-    y_true = np.asarray(y_true)
-    scores = np.asarray(scores)
-    n_classes = scores.shape[1]
-    if n_classes == 2:
-        return float(roc_auc_score(y_true, scores[:, 1]))
-    present = np.unique(y_true)
-    if len(present) == n_classes:
-        return float(roc_auc_score(y_true, scores, average="macro", multi_class="ovr"))
-    if len(present) < 2:
-        raise ValueError("AUC is undefined with fewer than 2 classes in y_true")
-    return float(np.mean([roc_auc_score(y_true == k, scores[:, k]) for k in present]))
-
-
-def accuracy_metric(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """Accuracy of the argmax prediction."""
-    return float(accuracy_score(y_true, np.argmax(scores, axis=1)))
-
-
-def f1_metric(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """F1 of the argmax prediction: binary (class 1) for 2 classes, macro otherwise."""
-    average = "binary" if scores.shape[1] == 2 else "macro"
-    return float(f1_score(y_true, np.argmax(scores, axis=1), average=average, zero_division=0))
-
-
-def balanced_accuracy_metric(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """Balanced accuracy (mean recall over the classes present in ``y_true``)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
-        return float(balanced_accuracy_score(y_true, np.argmax(scores, axis=1)))
-
-
-SKLEARN_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "auc": auc_score,
-    "acc": accuracy_metric,
-    "f1": f1_metric,
-    "bacc": balanced_accuracy_metric,
-}
-
-
-def get_binary_class_metrics(
-    y_true: np.ndarray, scores: np.ndarray, class_names: Sequence[str]
-) -> dict[str, float]:
-    """Per-class one-vs-rest metrics: ``<Class>_auc`` from ``scores[:, k]``, and
-    ``<Class>_acc`` / ``<Class>_f1`` of the binarised argmax prediction (``pred == k``).
-
-    The AUC of a class absent from ``y_true`` (or the only class present) is NaN.
-    """
-    y_true, scores = _check_scores(y_true, scores)
-    if len(class_names) != scores.shape[1]:
-        raise ValueError(
-            f"{len(class_names)} class names for {scores.shape[1]} score columns: {list(class_names)}"
-        )
-    pred = np.argmax(scores, axis=1)
-    out: dict[str, float] = {}
-    for k, name in enumerate(class_names):
-        truth, hit = y_true == k, pred == k
-        if truth.all() or not truth.any():
-            out[f"{name}_auc"] = float("nan")
-        else:
-            out[f"{name}_auc"] = float(roc_auc_score(truth, scores[:, k]))
-        out[f"{name}_acc"] = float(accuracy_score(truth, hit))
-        out[f"{name}_f1"] = float(f1_score(truth, hit, zero_division=0))
-    return out
-
-
-# --------------------------------------------------------------------------------------
-# bootstrapped overall metrics
-# --------------------------------------------------------------------------------------
-def get_bootstrapped_metrics(
-    y_true: np.ndarray,
-    scores: np.ndarray,
-    n_resamples: int = 1000,
-    confidence_level: float = 0.95,
-    seed: int = 0,
-    metrics: Sequence[str] = ALL_METRICS,
-    method: str = "fast",
-) -> dict[str, float]:
-    """Overall metrics and their basic bootstrap CIs.
-
-    Returns ``{m: θ, "bt_<m>_low": ..., "bt_<m>_high": ...}`` for each ``m`` in ``metrics``
-    (``auc``, ``acc``, ``f1``, ``bacc``). ``method="fast"`` uses resample counts (one sort
-    of the scores); ``method="sklearn"`` calls scikit-learn on every resample. Both use the
-    resamples of :func:`resample_indices` with ``seed`` and agree to rounding error.
-    ``n_resamples=0`` gives NaN intervals.
-    """
-    y_true, scores = _check_scores(y_true, scores)
-    _check_confidence_level(confidence_level)
-    unknown = sorted(set(metrics) - set(ALL_METRICS))
-    if unknown:
-        raise ValueError(f"unknown bootstrap metrics {unknown}; expected some of {list(ALL_METRICS)}")
-    if n_resamples < 0:
-        raise ValueError(f"n_resamples must be >= 0, got {n_resamples}")
-    if method == "sklearn":
-        out: dict[str, float] = {}
-        for name in metrics:
-            theta, low, high = bootstrap(
-                y_true, scores, SKLEARN_METRICS[name], n_resamples, confidence_level, seed
-            )
-            out.update({name: theta, f"bt_{name}_low": low, f"bt_{name}_high": high})
-        return out
-    if method != "fast":
-        raise ValueError(f"method must be 'fast' or 'sklearn', got {method!r}")
-
-    stats = _CountStats(y_true, scores)
-    theta = stats.compute(np.ones((1, len(y_true))), metrics)
-    samples: dict[str, list[np.ndarray]] = {name: [] for name in metrics}
-    n = len(y_true)
-    block = max(1, _BLOCK_ELEMENTS // max(n, 1))
-    indices = resample_indices(n, n_resamples, seed)
-    remaining = n_resamples
-    while remaining > 0:
-        b = min(block, remaining)
-        remaining -= b
-        idx = np.stack([next(indices) for _ in range(b)])
-        idx += (np.arange(b) * n)[:, None]
-        counts = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
-        for name, values in stats.compute(counts, metrics).items():
-            samples[name].append(values)
-    out = {}
-    for name in metrics:
-        th = float(theta[name][0])
-        if n_resamples:
-            low, high = basic_interval(th, np.concatenate(samples[name]), confidence_level)
-        else:
-            low = high = float("nan")
-        out.update({name: th, f"bt_{name}_low": low, f"bt_{name}_high": high})
-    return out
-
-
-class _CountStats:
-    """Metrics of weighted samples: row r of ``counts`` says how many times each tile is
-    drawn in resample r. Everything reduces to count-weighted sums over the tiles."""
-
-    def __init__(self, y_true: np.ndarray, scores: np.ndarray) -> None:
-        self.y = y_true
-        self.scores = scores
-        self.n_classes = k = scores.shape[1]
-        self.pred = np.argmax(scores, axis=1)
-        eye = np.eye(k)
-        self.truth = eye[y_true]  # (n, K)
-        self.predicted = eye[self.pred]  # (n, K)
-        self.hits = self.truth * (self.pred == y_true)[:, None]
-        # one ascending sort of each class' scores, with tie groups (for the AUC)
-        cols = [1] if k == 2 else range(k)
-        self._auc_parts = []
-        for c in cols:
-            order = np.argsort(scores[:, c], kind="stable")
-            s = scores[order, c]
-            starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-            ties = len(starts) < len(s)
-            self._auc_parts.append((order, (y_true[order] == c).astype(np.float64), starts, ties))
-
-    def compute(self, counts: np.ndarray, metrics: Sequence[str]) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        t = counts @ self.truth  # true counts per class (B, K)
-        need_pred = {"f1", "bacc", "acc"} & set(metrics)
-        if need_pred:
-            tp = counts @ self.hits
-            p = counts @ self.predicted
-            total = counts.sum(axis=1)
-            if "acc" in metrics:
-                out["acc"] = tp.sum(axis=1) / total
-            if "f1" in metrics:
-                denom = t + p
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    f1 = np.where(denom > 0, 2.0 * tp / np.where(denom > 0, denom, 1.0), 0.0)
-                if self.n_classes == 2:
-                    out["f1"] = f1[:, 1]
-                else:
-                    present = denom > 0
-                    out["f1"] = (f1 * present).sum(axis=1) / present.sum(axis=1)
-            if "bacc" in metrics:
-                present = t > 0
-                recall = np.where(present, tp / np.where(present, t, 1.0), 0.0)
-                out["bacc"] = (recall * present).sum(axis=1) / present.sum(axis=1)
-        if "auc" in metrics:
-            aucs = np.stack([self._auc(counts, part) for part in self._auc_parts], axis=1)
-            if self.n_classes == 2:
-                out["auc"] = aucs[:, 0]
-            else:
-                with np.errstate(invalid="ignore"):
-                    valid = ~np.isnan(aucs)
-                    n_valid = valid.sum(axis=1)
-                    auc = np.where(valid, aucs, 0.0).sum(axis=1) / np.maximum(n_valid, 1)
-                # fewer than 2 classes present: undefined
-                out["auc"] = np.where((t > 0).sum(axis=1) >= 2, auc, np.nan)
-        return out
-
-    @staticmethod
-    def _auc(counts: np.ndarray, part: tuple) -> np.ndarray:
-        """Count-weighted Mann-Whitney AUC (ties count 1/2), the area scikit-learn's
-        ``roc_auc_score`` gives for the resample."""
-        order, is_pos, starts, ties = part
-        w = counts[:, order]
-        pos = w * is_pos
-        neg = w - pos
-        if ties:
-            pos = np.add.reduceat(pos, starts, axis=1)
-            neg = np.add.reduceat(neg, starts, axis=1)
-        neg_below = np.cumsum(neg, axis=1) - neg
-        num = (pos * (neg_below + 0.5 * neg)).sum(axis=1)
-        n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where((n_pos > 0) & (n_neg > 0), num / (n_pos * n_neg), np.nan)
-
-
-def _check_scores(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    y_true = np.asarray(y_true)
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim != 2 or scores.shape[1] < 2:
-        raise ValueError(f"scores must be (n_samples, n_classes>=2), got shape {scores.shape}")
-    if y_true.ndim != 1 or len(y_true) != len(scores):
-        raise ValueError(
-            f"y_true must be 1-d with {len(scores)} labels, got shape {y_true.shape}"
-        )
-    if len(y_true) == 0:
-        raise ValueError("no evaluation samples")
-    if not np.issubdtype(y_true.dtype, np.integer):
-        raise ValueError(f"labels must be integers 0..K-1, got dtype {y_true.dtype}")
-    if y_true.min() < 0 or y_true.max() >= scores.shape[1]:
-        raise ValueError(
-            f"labels must lie in 0..{scores.shape[1] - 1}, got {y_true.min()}..{y_true.max()}"
-        )
-    return y_true.astype(np.int64, copy=False), scores
-
-
-# --------------------------------------------------------------------------------------
-# datasets
-# --------------------------------------------------------------------------------------
-def remove_labels(
-    features: np.ndarray, labels: np.ndarray, labels_to_remove: int | Sequence[int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Drop the rows whose label is in ``labels_to_remove`` and relabel the others so the
-    labels stay contiguous (each label drops by the number of removed labels below it).
-
-    NCT-CRC: removing BACK (1) maps ADI 0, DEB 2..TUM 8 to 0, 1..7.
-    """
-    labels = np.asarray(labels)
-    if len(features) != len(labels):
-        raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
-    removed = np.atleast_1d(np.asarray(labels_to_remove, dtype=np.int64))
-    keep = ~np.isin(labels, removed)
-    kept = labels[keep].astype(np.int64)
-    shift = (kept[:, None] > np.sort(removed)[None, :]).sum(axis=1)
-    return features[keep], kept - shift
-
-
-def build_datasets(
-    features: np.ndarray,
-    tile_ids: np.ndarray,
-    frames: Sequence[pd.DataFrame],
-    source: str = "tile_ids.npy",
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Look the rows of each frame (``image_id`` and ``label`` columns, or image_id as
-    index) up in the feature matrix by tile id; returns ``(X, y)`` per frame, in frame order.
-
-    Every image_id must have features: missing ids raise an error naming ``source``.
-    """
-    tile_ids = np.asarray(tile_ids)
-    if len(tile_ids) != len(features):
-        raise ValueError(
-            f"{source}: {len(tile_ids)} tile ids for {len(features)} feature rows"
-        )
-    lookup = pd.Index(tile_ids.astype(str))
-    if not lookup.is_unique:
-        dup = lookup[lookup.duplicated()][:3].tolist()
-        raise ValueError(f"{source}: duplicate tile ids, e.g. {dup}")
-    out = []
-    for frame in frames:
-        ids = _frame_ids(frame)
-        if "label" not in frame.columns:
-            raise ValueError(f"dataset frame has no 'label' column (columns: {list(frame.columns)})")
-        rows = lookup.get_indexer(ids)
-        missing = rows < 0
-        if missing.any():
-            raise ValueError(
-                f"{source}: {int(missing.sum())} of {len(ids)} tiles have no features, "
-                f"e.g. {list(ids[missing][:3])}; re-run the feature extraction"
-            )
-        labels = pd.to_numeric(frame["label"], errors="coerce").to_numpy()
-        if np.isnan(labels.astype(np.float64)).any():
-            raise ValueError("dataset frame has missing or non-numeric labels")
-        out.append((features[rows], labels.astype(np.int64)))
-    return out
-
-
-def _frame_ids(frame: pd.DataFrame) -> np.ndarray:
-    if "image_id" in frame.columns:
-        return frame["image_id"].astype(str).to_numpy()
-    if frame.index.name == "image_id":
-        return frame.index.astype(str).to_numpy()
-    raise ValueError(f"dataset frame has no 'image_id' column (columns: {list(frame.columns)})")
-
-
-def dict_to_dataframe(
-    results: Mapping[float, Mapping[str, float]], columns: Sequence[str] | None = None
-) -> pd.DataFrame:
-    """Turn ``{portion: {metric: value}}`` into one row per portion, ``portion`` first.
-
-    ``columns`` fixes the order of the metric columns (missing ones are NaN); by default
-    the order of the first row's keys is kept.
-    """
-    rows = [{"portion": portion, **dict(values)} for portion, values in results.items()]
-    if columns is None:
-        columns = list(next(iter(results.values()), {}).keys())
-    return pd.DataFrame(rows, columns=["portion", *[c for c in columns if c != "portion"]])
-
-
-def result_columns(class_names: Sequence[str]) -> list[str]:
-    """The reference's CSV columns (§9): ``portion``, per-class auc/acc/f1, overall, CIs."""
-    cols = ["portion"]
-    for name in class_names:
-        cols += [f"{name}_auc", f"{name}_acc", f"{name}_f1"]
-    cols += list(OVERALL_METRICS)
-    for m in OVERALL_METRICS:
-        cols += [f"bt_{m}_low", f"bt_{m}_high"]
-    return cols
+__all__ = [
+    "ALL_METRICS",
+    "OVERALL_METRICS",
+    "SKLEARN_METRICS",
+    "accuracy_metric",
+    "auc_score",
+    "balanced_accuracy_metric",
+    "basic_interval",
+    "bootstrap",
+    "bootstrap_interval",
+    "build_datasets",
+    "dict_to_dataframe",
+    "f1_metric",
+    "get_binary_class_metrics",
+    "get_bootstrapped_metrics",
+    "percentile_interval",
+    "remove_labels",
+    "resample_indices",
+    "result_columns",
+]

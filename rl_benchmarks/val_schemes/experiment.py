@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from rl_benchmarks.utils.io import atomic_open, sha256_file, write_csv, write_json
+from rl_benchmarks.utils.safe_names import safe_name
 
 logger = logging.getLogger("rl_benchmarks.cv")
 
@@ -511,7 +512,7 @@ def features_root(cfg: Any) -> str | None:
         from rl_benchmarks.constants import preprocessed_dir
 
         root = Path(preprocessed_dir(cfg.get("data_dir")))
-    return str(root / "slides_classification" / "features" / str(extractor))
+    return str(root / "slides_classification" / "features" / safe_name(str(extractor)))
 
 
 def build_dataset(cfg: Any, data_cfg: Any | None = None) -> Any:
@@ -637,6 +638,50 @@ def features_identity(features: Sequence[Any], slide_ids: Sequence[str]) -> dict
             "n_slides": len(entries), "n_records": len(with_record)}
 
 
+#: ``task.data.feature_extractor`` of the task skeleton a CSV cohort runs with: it chooses
+#: the features folder of the reference cohorts and says nothing about a CSV cohort's features
+TEMPLATE_FEATURE_EXTRACTOR = "iBOTViTBasePANCAN"
+
+
+def run_extractor(cfg: Any, identity: Mapping[str, Any]) -> str | None:
+    """The extractor a run records (``summary.json``, ``rlbench results``, ``rlbench report``).
+
+    It is the one named in the features' extraction records (``identity["features"]``).
+    ``task.data.feature_extractor`` overrides it on a CSV cohort when set to another value
+    than the task skeleton's default; on a reference cohort it chose the features folder
+    (``features/<name>``) and names the features only when they carry no record. None when
+    neither says anything (a CSV cohort of features without records).
+    """
+    configured = cfg.task.data.get("feature_extractor")
+    configured = None if configured in (None, "") else str(configured)
+    recorded = (identity.get("features") or {}).get("extractor")
+    if is_csv(cfg.task.data.train.get("cohort")):
+        if configured is not None and configured != TEMPLATE_FEATURE_EXTRACTOR:
+            return configured
+        return recorded
+    if recorded and configured and recorded != configured:
+        logger.warning("task.data.feature_extractor=%s, but the features' records name the "
+                       "extractor %s: the run records %s", configured, recorded, recorded)
+    return recorded or configured
+
+
+def recorded_extractor(params: Mapping[str, Any], summary: Mapping[str, Any] | None = None,
+                       ) -> str | None:
+    """The extractor of a finished run, for its readers: ``summary.json``'s ``extractor``,
+    else the features' records (``params.json`` ``identity``), else the configuration's
+    ``task.data.feature_extractor`` (reference runs, which record nothing else)."""
+    if summary and summary.get("extractor"):
+        return str(summary["extractor"])
+    identity = params.get("identity") if isinstance(params, Mapping) else None
+    features = identity.get("features") if isinstance(identity, Mapping) else None
+    if isinstance(features, Mapping) and features.get("extractor"):
+        return str(features["extractor"])
+    task = params.get("task") if isinstance(params, Mapping) else None
+    data = task.get("data") if isinstance(task, Mapping) else None
+    value = data.get("feature_extractor") if isinstance(data, Mapping) else None
+    return None if value in (None, "") else str(value)
+
+
 def cohort_files(cohort: str, label: str | None, data_dir: str | os.PathLike | None = None,
                  ) -> list[Path]:
     """The files a cohort's table is read from: the CSV of a CSV cohort; the clinical/label
@@ -706,5 +751,6 @@ __all__ = [
     "ExperimentFolder", "ExperimentLock", "ExperimentLockedError", "NonFiniteMetricsError",
     "RestrictedUnpickler", "RunRecord", "UnsafePickleError", "build_dataset",
     "check_finite_test_metrics", "cohort_identity", "experiment_identity", "features_identity",
-    "features_root", "load_legacy_pickle", "load_run", "predictions_frame",
+    "features_root", "load_legacy_pickle", "load_run", "predictions_frame", "recorded_extractor",
+    "run_extractor",
 ]

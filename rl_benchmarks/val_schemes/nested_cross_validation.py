@@ -149,8 +149,16 @@ class NestedCrossValidation:
 
     def _check_batch_size(self, plan: list[dict[str, Any]]) -> None:
         """Training drops the last incomplete batch (reference protocol): a training set
-        smaller than the batch size would never take a step. Say so before any training."""
+        smaller than the batch size would never take a step. Say so before any training,
+        with the largest batch size that keeps every training set at one batch or more
+        (the smallest training set's size) and the key that sets it."""
+        key = "task.validation_scheme.trainer_cfg.batch_size"
         batch_size = int(self.trainer_cfg.get("batch_size", 16))
+        grid_sizes = self.grid_search_params.get("batch_size")
+        if grid_sizes is not None:  # a grid over batch sizes: its largest one must fit
+            values = grid_sizes if isinstance(grid_sizes, (list, tuple)) else [grid_sizes]
+            batch_size = max(int(v) for v in values)
+            key = "task.validation_scheme.grid_search_params.batch_size"
         sizes = [(len(f["train_val"]), f"outer fold {f['s'] + 1}") for f in plan]
         sizes += [(len(tr), f"an inner fold of outer fold {f['s'] + 1}")
                   for f in plan for (_, _, tr, _) in f["inner"]]
@@ -160,7 +168,9 @@ class NestedCrossValidation:
                 raise ValueError(
                     f"the training set of {where} has {n} slides, fewer than batch_size="
                     f"{batch_size}: with drop_last (the reference protocol) no training step "
-                    f"would run; lower task.validation_scheme.trainer_cfg.batch_size"
+                    f"would run; the largest batch size that keeps the protocol valid here is "
+                    f"{n}: " + (f"pass {key}={n} (or a smaller value)" if key.endswith(
+                        "trainer_cfg.batch_size") else f"keep every value of {key} at most {n}")
                 )
 
     def _fast_reason(self) -> str | None:

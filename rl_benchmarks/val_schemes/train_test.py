@@ -9,7 +9,7 @@ C-index for survival) gets a percentile bootstrap confidence interval over slide
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from rl_benchmarks.metrics.bootstrap import bootstrap
 from rl_benchmarks.trainers.ensemble_trainer import Preloaded, preload
 from rl_benchmarks.val_schemes.experiment import (
     ExperimentFolder,
     build_dataset,
+    features_identity,
     predictions_frame,
 )
 
@@ -41,34 +43,44 @@ def fold_logits(model_cfg: DictConfig, states: Mapping[str, Mapping[str, torch.T
     return out
 
 
-def bootstrap_ci(metric: Callable[[np.ndarray, np.ndarray], float], labels: np.ndarray,
-                 logits: np.ndarray, n_resamples: int = 1000, level: float = 0.95,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``metric(labels, logits)`` over slides (resamples where
-    the metric is undefined are skipped)."""
-    rng = np.random.default_rng(seed)
-    n = len(labels)
-    values = []
-    for _ in range(int(n_resamples)):
-        idx = rng.integers(0, n, n)
-        try:
-            v = float(metric(labels[idx], logits[idx]))
-        except ValueError:
-            continue
-        if np.isfinite(v):
-            values.append(v)
-    if not values:
-        return float("nan"), float("nan")
-    alpha = (1 - level) / 2
-    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+def heldout_dataset(cfg: DictConfig) -> Any:
+    """The dataset of ``cfg.test_cohort``, built as the training cohort's (same task data)."""
+    data_cfg = OmegaConf.create(OmegaConf.to_container(cfg.task.data.train, resolve=True))
+    data_cfg.cohort = str(cfg.test_cohort)
+    return build_dataset(cfg, data_cfg)
+
+
+def heldout_features_identity(cfg: DictConfig, train_features: Mapping[str, Any],
+                              ) -> dict[str, Any]:
+    """The identity of the test cohort's features (:func:`features_identity`), checked
+    before any training: features from another extraction than the training cohort's
+    (another extractor or other settings, or records on one side only) would be scored by
+    models that never saw such features, so that is an error naming both."""
+    dataset = heldout_dataset(cfg)
+    features = list(getattr(dataset, "features", []))
+    identity = features_identity(features, list(getattr(dataset, "slide_id",
+                                                        range(len(features)))))
+    train, test = train_features.get("settings"), identity.get("settings")
+    if train != test:
+        if train is None or test is None:
+            which = "the training cohort's" if test is None else "the test cohort's"
+            raise ValueError(f"test_cohort {cfg.test_cohort}: only {which} features have "
+                             "extraction records: the two cohorts' features are of different "
+                             "origins")
+        keys = sorted(k for k in set(train) | set(test) if train.get(k) != test.get(k))
+        raise ValueError(
+            f"test_cohort {cfg.test_cohort}: its features come from another extraction than "
+            f"the training cohort's (they differ in {', '.join(keys)}; extractor "
+            f"{identity.get('extractor')} vs {train_features.get('extractor')}): extract both "
+            "cohorts with one extractor and one set of settings"
+        )
+    return identity
 
 
 def evaluate_test_cohort(cfg: DictConfig, ncv: Any, folder: Path) -> dict[str, Any]:
     """Score ``cfg.test_cohort`` with the mean logits of ``ncv``'s fold models; writes
     ``test_predictions.csv`` in the experiment ``folder``."""
-    data_cfg = OmegaConf.create(OmegaConf.to_container(cfg.task.data.train, resolve=True))
-    data_cfg.cohort = str(cfg.test_cohort)
-    dataset = build_dataset(cfg, data_cfg)
+    dataset = heldout_dataset(cfg)
     if int(dataset.n_features) != int(ncv.trainer_cfg.model.in_features):
         raise ValueError(
             f"test_cohort {cfg.test_cohort}: {dataset.n_features} features per tile, but the "
@@ -82,8 +94,8 @@ def evaluate_test_cohort(cfg: DictConfig, ncv: Any, folder: Path) -> dict[str, A
     name = ncv._selection()
     metric = instantiate(ncv.trainer_cfg.metrics[name])
     value = float(metric(labels, ensemble))
-    low, high = bootstrap_ci(metric, labels, ensemble, int(cfg.get("n_bootstrap", 1000)),
-                             seed=int(cfg.get("seed", 0)))
+    _, low, high = bootstrap(labels, ensemble, metric, int(cfg.get("n_bootstrap", 1000)),
+                             0.95, seed=int(cfg.get("seed", 0)), method="percentile")
     frame = predictions_frame(dataset, np.arange(len(dataset)), labels, ensemble, "ensemble")
     for key, logits in per_fold.items():
         for k in range(logits.shape[1]):

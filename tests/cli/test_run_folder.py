@@ -224,7 +224,7 @@ def test_identity_other_features_make_a_new_experiment(tmp_path, capsys):
     assert params["identity"]["features"]["digest"] != json.loads(
         (first / "params.json").read_text())["identity"]["features"]["digest"]
     assert params["identity"]["cohort"]["files"] == [str(csv)]
-    assert summary["extractor"] == "iBOTViTBasePANCAN"  # no records: the config's name
+    assert summary["extractor"] is None  # no records, no override: unknown, not the task default
     # other labels (the cohort CSV's content): a new experiment too
     frame = pd.read_csv(csv)
     frame.loc[0, "label"] = "tumour" if frame.loc[0, "label"] == "normal" else "normal"

@@ -14,7 +14,7 @@ from rl_benchmarks.demo.synthetic import (
     load_cohort,
     render_slide,
 )
-from rl_benchmarks.reports.geometry import grid_coords
+from rl_benchmarks.slides.geometry import grid_coords
 from rl_benchmarks.utils.io import sha256_file
 
 

@@ -61,7 +61,8 @@ def _make_camelyon(root: Path) -> dict[int, int]:
     for center in range(5):
         for i in range(30):
             rows.append({"patient": center * 10 + i % 3, "node": i % 2, "x_coord": i * 96,
-                         "y_coord": center * 96, "tumor": int(rng.random() < 0.4), "center": center})
+                         "y_coord": center * 96, "tumor": int(rng.random() < 0.4),
+                         "center": center})
     meta = pd.DataFrame(rows)
     meta.to_csv(base / "metadata.csv")
     ids = [f"patch_patient_{r.patient:03d}_node_{r.node}_x_{r.x_coord}_y_{r.y_coord}"
@@ -78,7 +79,8 @@ def _check_table(path: Path, classes: list[str], portions: list[float]) -> pd.Da
     numeric = table.drop(columns=["eval_set"])
     assert np.isfinite(numeric.to_numpy(dtype=float)).all(), numeric
     for m in ("auc", "acc", "f1", "bacc"):
-        assert (table[f"bt_{m}_low"] <= table[m]).all() and (table[m] <= table[f"bt_{m}_high"]).all()
+        assert (table[f"bt_{m}_low"] <= table[m]).all()
+        assert (table[m] <= table[f"bt_{m}_high"]).all()
     return table
 
 
@@ -112,7 +114,8 @@ def test_camelyon_reports_both_hospitals_and_honours_logs_root_dir(tmp_path, mon
                         ["Normal", "Tumor"], [1.0])
     assert valid["eval_set"].tolist() == ["valid"] and test["eval_set"].tolist() == ["test"]
     assert valid["n_train"].tolist() == [counts[0] + counts[3] + counts[4]]
-    record = json.loads((logs / "linear_evaluation" / "camelyon17_wilds_TinyViT" / "run.json").read_text())
+    record_path = logs / "linear_evaluation" / "camelyon17_wilds_TinyViT" / "run.json"
+    record = json.loads(record_path.read_text())
     assert record["n_eval"] == {"valid": counts[1], "test": counts[2]}
 
 
@@ -188,8 +191,8 @@ def test_reference_tool_script_accepts_config_name():
 @pytest.mark.real_data
 def test_real_crc_labels_csv_ids_match_image_folder_ids(real_data):
     """The crc_he_9class labels.csv paths map onto ImageFolder tile ids (class/stem)."""
-    from rl_benchmarks.cli.linear_evaluation import match_ids
     from rl_benchmarks.datasets.tiles_classification.image_folder import load_image_folder
+    from rl_benchmarks.datasets.tiles_classification.probe_data import match_ids
 
     root = real_data / "tiles" / "crc_he_9class"
     frame = load_image_folder(root)
@@ -227,3 +230,51 @@ def test_object_array_tile_ids_are_refused_without_trust(tmp_path, capsys):
     # An old, benign object array is read when the user says they trust it.
     np.save(folder / "tile_ids.npy", np.array(list(ids), dtype=object), allow_pickle=True)
     assert run("linear-eval", [*args, "++trust=true"]) == 0
+
+
+def test_stage_run_returns_the_tables_it_wrote(tmp_path, capsys):
+    """``evaluation.linear_eval_run.run``: the Result holds the tables, the CSVs holding them,
+    the run record and the time; the stage itself prints nothing."""
+    from rl_benchmarks.cli.main import compose
+    from rl_benchmarks.evaluation.linear_eval_run import run as run_stage
+
+    counts = _make_camelyon(tmp_path / "data")
+    cfg = compose("linear-eval", ["tile_dataset=camelyon17_wilds", "feature_extractor=TinyViT",
+                                  f"data_dir={tmp_path / 'data'}",
+                                  f"logs_root_dir={tmp_path / 'logs'}", "portions=[0.5,1.0]",
+                                  *FAST])
+    started = []
+    result = run_stage(cfg, on_start=lambda data, config: started.append((data.name, config)))
+    assert capsys.readouterr().out == ""
+    assert [name for name, _ in started] == ["camelyon17_wilds"]
+    assert started[0][1] is result.config and result.config.bootstrap_interval == "basic"
+    out = tmp_path / "logs" / "linear_evaluation"
+    assert result.csvs == {"valid": out / "camelyon17_wilds_TinyViT.csv",
+                           "test": out / "camelyon17_wilds_TinyViT_test.csv"}
+    for name, table in result.tables.items():
+        pd.testing.assert_frame_equal(pd.read_csv(result.csvs[name]), table, check_dtype=False)
+    assert len(result.data.evals["test"][1]) == counts[2]
+    record = json.loads(result.record_path.read_text())
+    assert record["completed"] and record["seconds"] == round(result.seconds, 2)
+    assert result.seconds > 0
+
+
+def test_percentile_interval_is_an_option(tmp_path):
+    """``++bootstrap_interval=percentile`` swaps the reference's basic interval for the
+    percentile one: same point estimates, intervals mirrored around them."""
+    from rl_benchmarks.cli.main import compose
+    from rl_benchmarks.evaluation.linear_eval_run import run as run_stage
+
+    _make_camelyon(tmp_path / "data")
+    base = ["tile_dataset=camelyon17_wilds", "feature_extractor=TinyViT",
+            f"data_dir={tmp_path / 'data'}", "portions=[1.0]", *FAST]
+    basic = run_stage(compose("linear-eval", [*base, f"logs_root_dir={tmp_path / 'a'}"]))
+    pct = run_stage(compose("linear-eval", [*base, f"logs_root_dir={tmp_path / 'b'}",
+                                            "++bootstrap_interval=percentile"]))
+    b, p = basic.tables["valid"].iloc[0], pct.tables["valid"].iloc[0]
+    for m in ("auc", "acc", "f1", "bacc"):
+        assert b[m] == p[m]
+        assert b[f"bt_{m}_low"] == pytest.approx(2 * b[m] - p[f"bt_{m}_high"], abs=1e-12)
+        assert b[f"bt_{m}_high"] == pytest.approx(2 * b[m] - p[f"bt_{m}_low"], abs=1e-12)
+    assert run("linear-eval", [*base, f"logs_root_dir={tmp_path / 'c'}",
+                               "++bootstrap_interval=bca"]) == 2

@@ -96,7 +96,7 @@ def test_binary_class_metrics_equal_sklearn():
     names = ["A", "B", "C"]
     out = get_binary_class_metrics(y, s, names)
     pred = s.argmax(axis=1)
-    assert list(out) == ["A_auc", "A_acc", "A_f1", "B_auc", "B_acc", "B_f1", "C_auc", "C_acc", "C_f1"]
+    assert list(out) == [f"{c}_{m}" for c in "ABC" for m in ("auc", "acc", "f1")]
     for k, name in enumerate(names):
         assert out[f"{name}_auc"] == pytest.approx(roc_auc_score(y == k, s[:, k]))
         assert out[f"{name}_acc"] == pytest.approx(accuracy_score(y == k, pred == k))
@@ -138,7 +138,8 @@ def test_build_datasets_matches_by_image_id():
     np.testing.assert_array_equal(Xt, feats[[4, 0, 2]])
     np.testing.assert_array_equal(yt, [1, 0, 1])
     np.testing.assert_array_equal(Xv, feats[[3]])
-    with pytest.raises(ValueError, match=r"feats/tile_ids.npy: 1 of 2 tiles have no features.*'zz'"):
+    with pytest.raises(ValueError,
+                       match=r"feats/tile_ids.npy: 1 of 2 tiles have no features.*'zz'"):
         build_datasets(feats, ids, [pd.DataFrame({"image_id": ["a", "zz"], "label": [0, 1]})],
                        source="feats/tile_ids.npy")
     with pytest.raises(ValueError, match="duplicate tile ids"):

@@ -63,8 +63,10 @@ def test_probe_equals_direct_sklearn_computation():
         pred = scores.argmax(axis=1)
         assert row["n_train"] == len(idx)
         for k, name in enumerate(CLASSES):
-            assert row[f"{name}_auc"] == pytest.approx(roc_auc_score(ye == k, scores[:, k]), abs=1e-12)
-            assert row[f"{name}_acc"] == pytest.approx(accuracy_score(ye == k, pred == k), abs=1e-12)
+            want_auc = roc_auc_score(ye == k, scores[:, k])
+            assert row[f"{name}_auc"] == pytest.approx(want_auc, abs=1e-12)
+            want_acc = accuracy_score(ye == k, pred == k)
+            assert row[f"{name}_acc"] == pytest.approx(want_acc, abs=1e-12)
             assert row[f"{name}_f1"] == pytest.approx(f1_score(ye == k, pred == k), abs=1e-12)
         assert row["auc"] == pytest.approx(roc_auc_score(ye, scores, multi_class="ovr"), abs=1e-12)
         assert row["acc"] == pytest.approx(accuracy_score(ye, pred), abs=1e-12)

@@ -90,7 +90,8 @@ def test_koleo_weight_adds_the_term_to_the_loss(tmp_path, image_dir):
 
     rows = []
     for w in (0.0, 0.5):
-        tr = Trainer(make_config(tiny_config(tmp_path / f"k{w}", image_dir, loss={"koleo_weight": w})))
+        over = tiny_config(tmp_path / f"k{w}", image_dir, loss={"koleo_weight": w})
+        tr = Trainer(make_config(over))
         batch = collate([tr.dataset[(0, i)] for i in range(tr.batch_size)])
         rows.append(tr.train_step(batch))
     assert "koleo" not in rows[0] and np.isfinite(rows[1]["koleo"])

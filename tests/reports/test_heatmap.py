@@ -8,8 +8,8 @@ import pytest
 from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
 
-from rl_benchmarks.reports.geometry import deepzoom_level_count, grid_coords, tile_boxes_level0
 from rl_benchmarks.reports.heatmap import HeatmapError, draw_heatmap
+from rl_benchmarks.slides.geometry import deepzoom_level_count, grid_coords, tile_boxes_level0
 from rl_benchmarks.slides.synthetic import write_pyramidal_tiff
 
 

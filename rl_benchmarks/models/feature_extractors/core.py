@@ -20,10 +20,8 @@ import torch
 from torch import nn
 from torchvision import transforms
 
+from rl_benchmarks.constants import IMAGENET_MEAN, IMAGENET_STD  # re-exported here
 from rl_benchmarks.utils.device import DeviceSpec, autocast, parse_device, parse_precision
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 def prepare_module(module: nn.Module, gpu: Any = None) -> tuple[nn.Module, str]:

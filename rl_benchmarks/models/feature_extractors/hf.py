@@ -17,11 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rl_benchmarks.models.feature_extractors.core import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ModuleExtractor,
-)
+from rl_benchmarks.constants import IMAGENET_MEAN, IMAGENET_STD
+from rl_benchmarks.models.feature_extractors.core import ModuleExtractor
 from rl_benchmarks.models.feature_extractors.weights import WeightsError
 
 #: Weights a folder may hold that ``ViTModel(add_pooling_layer=False)`` does not use.
@@ -294,6 +291,27 @@ def timm_vit_to_hf_v4(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return {k: v.detach().to(torch.float32).contiguous().clone() for k, v in out.items()}
 
 
+def recorded_num_heads(weights_path: str | os.PathLike) -> int | None:
+    """``num_heads`` of a checkpoint's ``arch`` record (``rlbench pretrain`` writes
+    ``{"teacher": ..., "arch": {"num_heads": ...}}``), else None. A state dict alone does
+    not say how many attention heads its ViT has; this record does."""
+    import argparse
+
+    path = Path(weights_path).expanduser()
+    if path.suffix == ".safetensors" or not path.is_file():
+        return None
+    try:  # memory-mapped: only the small record is read, not every tensor
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable here: the weights loader reports it
+        return None
+    arch = ckpt.get("arch") if isinstance(ckpt, dict) else None
+    heads = arch.get("num_heads") if isinstance(arch, dict) else None
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        return None
+    return heads
+
+
 def export_hf(
     weights_path: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -306,14 +324,21 @@ def export_hf(
     """Write an owkin/phikon-format folder from an iBOT checkpoint; return a summary.
 
     The ViT is first loaded strictly with :class:`iBOTViT` (so a bad checkpoint fails with
-    the offending keys). With ``verify``, the folder is loaded back with transformers and
-    its CLS features are compared with iBOTViT's on random tiles (max abs diff ≤ ``atol``).
+    the offending keys); with ``architecture="auto"`` and no ``num_heads``, the heads come
+    from the checkpoint's ``arch`` record when it has one (:func:`recorded_num_heads`).
+    With ``verify``, the folder is loaded back with transformers and its CLS features are
+    compared with iBOTViT's on random tiles (max abs diff ≤ ``atol``).
     """
     from safetensors.torch import save as st_save
 
     from rl_benchmarks.models.feature_extractors.ibot_vit import iBOTViT
     from rl_benchmarks.utils.io import atomic_open, sha256_file, write_json
 
+    if architecture == "auto" and vit_kwargs.get("num_heads") is None:
+        vit_kwargs.pop("num_heads", None)
+        heads = recorded_num_heads(weights_path)
+        if heads is not None:  # e.g. a `rlbench pretrain` export of a non-standard width
+            vit_kwargs["num_heads"] = heads
     vit = iBOTViT(architecture=architecture, encoder=encoder, weights_path=weights_path,
                   **vit_kwargs)
     net = vit.feature_extractor

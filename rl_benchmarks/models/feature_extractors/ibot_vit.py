@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rl_benchmarks.models.feature_extractors.core import IMAGENET_MEAN, IMAGENET_STD, Extractor
+from rl_benchmarks.constants import IMAGENET_MEAN, IMAGENET_STD
+from rl_benchmarks.models.feature_extractors.core import Extractor
 from rl_benchmarks.models.feature_extractors.weights import (
     WeightsError,
     load_strict,

@@ -103,10 +103,21 @@ ALIASES: dict[str, str] = {"phikon": "iBOTViTBasePANCAN"}
 _SHAPE_KEYS = {"embed_dim", "depth", "num_heads", "num_features", "depths", "layers"}
 
 
-def list_extractors(include_aliases: bool = False) -> list[str]:
-    """Registered names (``timm:<architecture>`` is accepted as well)."""
+#: How :func:`list_extractors` shows the family of names ``timm:<architecture>``.
+TIMM_PATTERN = "timm:<arch>"
+
+
+def list_extractors(include_aliases: bool = True, include_timm: bool = True) -> list[str]:
+    """Every name :func:`create_extractor` accepts: the registered names, then the aliases
+    (``phikon``) and the pattern ``timm:<arch>`` (any timm architecture, e.g.
+    ``timm:vit_small_patch16_224``). ``include_aliases=False, include_timm=False`` gives
+    the registered names only."""
     names = list(REGISTRY)
-    return names + list(ALIASES) if include_aliases else names
+    if include_aliases:
+        names += list(ALIASES)
+    if include_timm:
+        names.append(TIMM_PATTERN)
+    return names
 
 
 def resolve_name(name: str) -> str:
@@ -118,7 +129,7 @@ def resolve_name(name: str) -> str:
     name = ALIASES.get(name, name)
     if name not in REGISTRY:
         raise ValueError(f"unknown extractor {name!r}; available: "
-                         f"{', '.join(list_extractors(True))}, timm:<architecture>")
+                         f"{', '.join(list_extractors())}")
     return name
 
 
@@ -181,5 +192,5 @@ def extractor_from_config(node: Any, **overrides: Any) -> Extractor:
     params.update(overrides)
     if "name" not in params or params["name"] in (None, "", "???"):
         raise ValueError("feature_extractor config needs a `name` key (one of "
-                         f"{', '.join(list_extractors(True))}, timm:<architecture>)")
+                         f"{', '.join(list_extractors())})")
     return create_extractor(**params)

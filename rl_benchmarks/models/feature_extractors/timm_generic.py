@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from rl_benchmarks.constants import IMAGENET_MEAN, IMAGENET_STD
 from rl_benchmarks.models.feature_extractors.core import ModuleExtractor
 from rl_benchmarks.models.feature_extractors.weights import (
     WeightsError,
@@ -81,8 +82,8 @@ def make_timm_extractor(
     size = tile_size or int((cfg.get("input_size") or (3, 224, 224))[-1])
     return ModuleExtractor(
         model, name=name or f"timm:{arch}", feature_dim=int(model.num_features), tile_size=size,
-        mpp=mpp, mean=mean if mean is not None else cfg.get("mean", (0.485, 0.456, 0.406)),
-        std=std if std is not None else cfg.get("std", (0.229, 0.224, 0.225)),
+        mpp=mpp, mean=mean if mean is not None else cfg.get("mean", IMAGENET_MEAN),
+        std=std if std is not None else cfg.get("std", IMAGENET_STD),
         precision=precision, weights_path=weights_path if pretrained else None,
         pretrained=pretrained, extra={"architecture": arch},
     )
