@@ -123,7 +123,7 @@ def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [
         "usage: rlbench <command> [key=value ...]",
-        "       rlbench <command> --help   (shows every key and its default)",
+        "       rlbench <command> --help   (every key: its default and what it means)",
         "",
         "commands:",
     ]
@@ -131,10 +131,34 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def command_meanings(command: str, overrides: list[str]):
+    """The meanings (``# comments``) of ``command``'s keys and groups, read from the YAML
+    files its config is composed of with ``overrides`` (:mod:`rl_benchmarks.cli.confdoc`),
+    and the option chosen in each group."""
+    from rl_benchmarks.cli.confdoc import Meanings, config_sources
+
+    spec = COMMANDS[command]
+    sources, choices = config_sources(CONF_ROOT / spec.conf_dir, spec.conf_name,
+                                      _group_overrides(command, overrides))
+    return Meanings.of(sources), choices
+
+
+def help_text(command: str, overrides: list[str]) -> str:
+    """``rlbench <command> --help``: every config group and every key, each with its current
+    value (defaults, after ``overrides``) and a one-line meaning."""
+    from rl_benchmarks.cli.confdoc import command_help
+
+    cfg = compose_checked(command, overrides, check=False)
+    meanings, choices = command_meanings(command, overrides)
+    options = {g: _group_options(command, g) for g in _groups(command)}
+    groups = " [group=option ...]" if options else ""
+    return (f"rlbench {command}: {COMMANDS[command].help}\n"
+            f"usage: rlbench {command}{groups} [key=value ...]   (docs/cli.md)\n\n"
+            + command_help(cfg, meanings, choices, options))
+
+
 def run(command: str, overrides: list[str]) -> int:
     """Run ``command`` with ``overrides``; returns the exit code."""
-    from omegaconf import OmegaConf
-
     if command not in COMMANDS:
         print(f"rlbench: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
@@ -144,11 +168,7 @@ def run(command: str, overrides: list[str]) -> int:
     if rewrite is not None:
         overrides = rewrite(list(overrides))
     if any(a in ("-h", "--help") for a in overrides):
-        cfg = compose_checked(command, [a for a in overrides if a not in ("-h", "--help")],
-                              check=False)
-        print(f"rlbench {command}: {COMMANDS[command].help}\n")
-        print("keys (override with key=value):\n")
-        print(OmegaConf.to_yaml(cfg))
+        print(help_text(command, [a for a in overrides if a not in ("-h", "--help")]))
         return 0
     cfg = compose_checked(command, overrides)  # bad values stop here, before any work
     code = module.main(cfg)

@@ -295,6 +295,32 @@ def _reference_value(reference: DictConfig, path: str) -> Any:
     return node._value()
 
 
+def _added_key_error(path: str, reference: DictConfig) -> str | None:
+    """The message for a key added with ``+key=value`` where the config has no such key and
+    takes no free keys. Free keys are accepted only inside an empty mapping (heatmap's
+    ``model_kwargs: {}``) or a node built from ``_target_`` (constructor arguments, e.g.
+    ``+feature_extractor.depth=4``): elsewhere an added key is a typo that would be ignored."""
+    node: Any = reference
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, DictConfig) or node._is_none():
+            return None  # below a leaf or a null node: the type checks have their say
+        if part not in node.keys():  # (``in node`` is False for a ``???`` value)
+            if len(node) == 0 or "_target_" in node:
+                return None
+            parent = ".".join(parts[:i])
+            keys = flat_keys(reference)
+            matches = closest_keys(path, keys)
+            hint = (f"did you mean {' or '.join(matches)}?" if matches
+                    else "see the keys with --help")
+            where = f" under '{parent}'" if parent else ""
+            return f"unknown key '{path}' (added with +{path}=...; no free keys{where}): {hint}"
+        if OmegaConf.is_missing(node, part) or OmegaConf.is_interpolation(node, part):
+            return None
+        node = node._get_node(part)
+    return None
+
+
 def _type_error(path: str, default: Any, value: Any) -> str | None:
     """The message when ``value`` has not the type of ``default`` (bool, int or float)."""
     if isinstance(default, bool):
@@ -312,9 +338,14 @@ def _type_error(path: str, default: Any, value: Any) -> str | None:
 def check_config(command: str, cfg: DictConfig, reference: DictConfig) -> None:
     """Raise :class:`ConfigValueError` on the first leaf of ``cfg`` with a wrong type or an
     out-of-range value. ``reference`` is the same command's config composed with the same
-    group choices (``model=abmil``, ``feature_extractor=timm``...) but no value overrides."""
+    group choices (``model=abmil``, ``feature_extractor=timm``...) but no value overrides.
+    A key that ``+key=value`` added where the config takes no free keys is an error too."""
     for path, value, interp in _leaves(cfg):
         default = _reference_value(reference, path)
+        if default is _MISSING:
+            message = _added_key_error(path, reference)
+            if message:
+                raise ConfigValueError(message)
         if interp is not None:
             if default == ("interp", interp):
                 continue  # the default's interpolation: its source key is checked itself
