@@ -8,7 +8,7 @@ Data: generated 768-d float32 features, 8 classes (NCT-CRC-like): 100,000 traini
 and 7,180 evaluation tiles (the size of CRC-VAL-HE-7K). Portions
 [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0], 1000 bootstrap resamples.
 
-Baseline: the protocol of reference-system.md §9 written as a plain serial loop (global
+Baseline: the protocol of docs/protocol.md#linear-evaluation written as a plain serial loop (global
 RNG draws, scaler, one SGDClassifier per seed fitted one after the other on a float64 copy
 as scikit-learn 1.3 made, averaged probabilities, then 1000 scikit-learn calls per
 bootstrapped metric). Ours: ``rl_benchmarks.evaluation.linear_probe`` with
@@ -59,7 +59,7 @@ def make_data(n_train: int, n_eval: int, dim: int, n_classes: int, seed: int = 0
 
 
 class ReferenceLoop:
-    """The reference protocol as §9 describes it, serially, one portion per call (so the
+    """The reference protocol as docs/protocol.md#linear-evaluation describes it, serially, one portion per call (so the
     benchmark can interleave it with ours). The portions come from the global RNG."""
 
     def __init__(self, X, y, Xe, ye, n_ensembling, n_resamples, confidence_level, seed):
@@ -158,7 +158,7 @@ def main() -> None:
         raise SystemExit(f"ours and the reference loop disagree (max abs diff {diff:.3g})")
 
     lines = [
-        "Tile-level linear probe: the portions sweep of reference-system.md §9 "
+        "Tile-level linear probe: the portions sweep of docs/protocol.md#linear-evaluation "
         "(`rlbench linear-eval`) against the same protocol written as a plain serial loop.",
         "",
         f"* Machine: {machine_description()}.",
@@ -168,7 +168,7 @@ def main() -> None:
         + ("" if seeds == 30 else "; a subset was timed because the full sweep takes about an "
            "hour of CPU per path here; both paths fit seeds one per process or one after the "
            "other, so the SGD time scales linearly with the seed count") + ").",
-        f"* Ours: {workers} worker process(es). Baseline: serial, as §9 describes "
+        f"* Ours: {workers} worker process(es). Baseline: serial, as docs/protocol.md#linear-evaluation describes "
         "(the reference also passes `n_jobs=num_workers` to SGDClassifier, which threads "
         "the one-vs-rest classes of a multi-class problem, but not a binary one).",
         f"* Results: every reference column of the two tables agrees (max abs diff {diff:.1e}).",

@@ -8,8 +8,9 @@ data roots (``DATA_ROOT_DIR``, ``RAW_DATA_DIR``, ``CAMELYON16_PATHS``, ``MODEL_W
 (:func:`camelyon16_paths`, :func:`tcga_paths`, ...) take an optional ``data_dir``
 override, which the dataset loaders forward.
 
-Where the reference's README and constants disagree on a file name (reference-system
-§12 item 10), both spellings are listed; :func:`first_existing` picks the one on disk.
+Where the reference's README and constants disagree on a file name
+(docs/protocol.md#folder-spellings), both spellings are listed; :func:`first_existing` picks
+the one on disk.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def camelyon16_paths(data_dir: str | os.PathLike | None = None) -> dict[str, Any
 
 def _subtype_names(cohort: str) -> list[str]:
     short = cohort.lower().replace("tcga_", "")
-    # constants spelling first, README spelling second (reference §12 item 10)
+    # constants spelling first, README spelling second (docs/protocol.md#folder-spellings)
     return [
         f"tcga_{short}_pan_can_atlas_2018_clinical_data.tsv.gz",
         f"{short}_tcga_pan_can_atlas_2018_clinical_data.tsv.gz",

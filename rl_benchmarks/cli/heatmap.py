@@ -1,4 +1,7 @@
-"""``rlbench heatmap``: per-tile scores of a trained MIL model over a slide thumbnail."""
+"""``rlbench heatmap``: per-tile scores of a trained MIL model over a slide thumbnail.
+
+The scores and the drawing live in :mod:`rl_benchmarks.reports.heatmap`; this module holds
+the command only: the config's keys, the printed line and the exit codes."""
 
 from __future__ import annotations
 
@@ -7,16 +10,6 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-
-
-def _load_npy(path: str, what: str) -> np.ndarray:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: {what} file not found")
-    try:
-        return np.load(p, allow_pickle=False)
-    except ValueError as exc:
-        raise ValueError(f"{p}: not a readable .npy {what} file ({exc})") from None
 
 
 def colour_range(cfg: DictConfig) -> tuple[float | None, float | None]:
@@ -36,42 +29,17 @@ def colour_range(cfg: DictConfig) -> tuple[float | None, float | None]:
 
 
 def compute_scores(cfg: DictConfig) -> tuple[np.ndarray, np.ndarray, str]:
-    """(coords (N, 3), scores (N,), label of the scores) from the config."""
-    from rl_benchmarks.reports.heatmap import load_state_dict, model_tile_scores
+    """(coords (N, 3), scores (N,), label of the scores) from the config
+    (:func:`rl_benchmarks.reports.heatmap.compute_tile_scores`)."""
+    from rl_benchmarks.reports.heatmap import compute_tile_scores
 
-    features = _load_npy(cfg.features_path, "features") if cfg.features_path else None
-    if features is not None and (features.ndim != 2 or features.shape[1] < 4):
-        raise ValueError(f"{cfg.features_path}: features must be (N, 3+D), got {features.shape}")
-    if cfg.scores_path:
-        scores = _load_npy(cfg.scores_path, "scores").astype(np.float64).reshape(-1)
-        if cfg.coords_path:
-            coords = _load_npy(cfg.coords_path, "coords")
-        elif features is not None:
-            coords = features[:, :3]
-        else:
-            raise ValueError("scores_path needs coords_path or features_path (for the tile coordinates)")
-        return coords, scores, "tile score"
-    if features is None:
-        raise ValueError("give features_path (with model + state_dict_path) or scores_path")
-    if not cfg.state_dict_path:
-        raise ValueError("state_dict_path is required to score tiles with a model "
-                         "(a heatmap of an untrained model means nothing)")
-
-    from rl_benchmarks.models.slide_models import REFERENCE_MODEL_KWARGS, create_slide_model
-
-    kwargs = dict(REFERENCE_MODEL_KWARGS.get(str(cfg.model).lower(), {})) if cfg.use_reference_kwargs else {}
-    kwargs.update(OmegaConf.to_container(cfg.model_kwargs, resolve=True) or {})
-    model = create_slide_model(str(cfg.model), in_features=features.shape[1] - 3,
-                               out_features=int(cfg.out_features), **kwargs)
-    state = load_state_dict(cfg.state_dict_path)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ValueError(f"{cfg.state_dict_path}: does not fit model {cfg.model} with {kwargs} "
-                         f"and in_features={features.shape[1] - 3}: {first}") from None
-    scores = model_tile_scores(model, features, class_index=int(cfg.class_index))
-    return features[:, :3], scores, f"{cfg.model} tile score"
+    tiles = compute_tile_scores(
+        features_path=cfg.features_path, scores_path=cfg.scores_path,
+        coords_path=cfg.coords_path, model=str(cfg.model), state_dict_path=cfg.state_dict_path,
+        model_kwargs=OmegaConf.to_container(cfg.model_kwargs, resolve=True) or {},
+        use_reference_kwargs=bool(cfg.use_reference_kwargs),
+        out_features=int(cfg.out_features), class_index=int(cfg.class_index))
+    return tiles.coords, tiles.scores, tiles.label
 
 
 def main(cfg: DictConfig) -> int:

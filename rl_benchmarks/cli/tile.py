@@ -1,4 +1,9 @@
-"""``rlbench tile``: raw slides to ``coords.npy`` (+ QC pictures), see docs/slides.md."""
+"""``rlbench tile``: raw slides to ``coords.npy`` (+ QC pictures), see docs/slides.md.
+
+The stage is :func:`rl_benchmarks.slides.tiling.tile_slides` (it prints each failure and
+its summary line); this module reads the config, calls it and chooses the exit code: 0, 1
+when a slide failed, 2 for bad input.
+"""
 
 from __future__ import annotations
 
@@ -12,23 +17,13 @@ def main(cfg: DictConfig) -> int:
     """Run :func:`rl_benchmarks.slides.tiling.tile_slides`; exit 1 if any slide failed."""
     from rl_benchmarks.slides.tiling import tile_slides
 
-    output_dir = cfg.output_dir
-    if output_dir is None and cfg.layout == "reference":
-        from rl_benchmarks.paths import data_dir
-
-        try:
-            output_dir = data_dir(cfg.get("data_dir")) / "preprocessed" / "slides_classification"
-            output_dir = output_dir / "coords"
-        except ValueError as err:
-            print(f"rlbench tile: {err}", file=sys.stderr)
-            return 2
-    if output_dir is None:
+    if cfg.output_dir is None and cfg.layout != "reference":
         print("rlbench tile: output_dir=<folder> is required", file=sys.stderr)
         return 2
     try:
         summary = tile_slides(
             slides=os.path.expanduser(str(cfg.slides)),
-            output_dir=output_dir,
+            output_dir=cfg.output_dir,
             tile_size=int(cfg.tile_size),
             target_mpp=float(cfg.target_mpp),
             min_tissue=float(cfg.min_tissue),
@@ -42,6 +37,7 @@ def main(cfg: DictConfig) -> int:
             cohort=cfg.cohort,
             layout=str(cfg.layout),
             progress=bool(cfg.progress),
+            data_dir=cfg.get("data_dir"),
         )
     except ValueError as err:
         print(f"rlbench tile: {err}", file=sys.stderr)

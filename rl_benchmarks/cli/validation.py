@@ -30,6 +30,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from rl_benchmarks.utils.overrides import hydra_quote  # noqa: F401 - used by the commands
+
 #: Exit code of every ``rlbench`` command for a bad configuration or bad input.
 EXIT_BAD_INPUT = 2
 
@@ -379,17 +381,6 @@ def check_config(command: str, cfg: DictConfig, reference: DictConfig) -> None:
         message = _type_error(path, default, value)
         if message:
             raise ConfigValueError(message)
-
-
-def hydra_quote(value: object) -> str:
-    """``value`` as a single-quoted Hydra override value, so that a path with spaces,
-    parentheses, commas, ``=``, ``#``, non-ASCII letters or quotes reaches the command as is
-    (for overrides built in code: ``f"slides={hydra_quote(path)}"``)."""
-    text = str(value)
-    # Hydra: in a quoted value, backslashes before a quote (or before the closing quote)
-    # are escapes; double them there, and escape the quotes.
-    text = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text)
-    return "'" + text + "'"
 
 
 # --------------------------------------------------------------------------- composition

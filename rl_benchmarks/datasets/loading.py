@@ -1,4 +1,4 @@
-"""``load_dataset``: one entry point for every cohort (reference-system §4.1).
+"""``load_dataset``: one entry point for every cohort (docs/protocol.md#cohort-loading).
 
 Slide cohorts return one row per slide with ``slide_id, [slide_path,] coords_path,
 features_path, patient_id, center_id, label``; tile cohorts one row per tile with

@@ -1,8 +1,8 @@
 """Parameter-efficient fine-tuning of Phikon (or any ViT extractor) on tile classification.
 
-The reference ships this as a notebook (reference-system.md §11): a Hugging Face
-``ViTModel`` with LoRA adapters (r=16, alpha=16, dropout 0.1) on the attention query and
-value projections and a trainable classifier head, AdamW lr 5e-3, batch 128, 10 epochs,
+The reference ships this as a notebook (docs/protocol.md, "Reference notebook settings"): a
+Hugging Face ``ViTModel`` with LoRA adapters (r=16, alpha=16, dropout 0.1) on the attention
+query and value projections and a trainable classifier head, AdamW lr 5e-3, batch 128, 10 epochs,
 best model kept by validation accuracy. ``mode="linear"`` runs the same loop with a frozen
 backbone and a linear head so the gain from LoRA is measured side by side.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import DictConfig
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -37,7 +38,8 @@ from rl_benchmarks.utils.seed import set_seed
 logger = logging.getLogger(__name__)
 
 
-# transformers 4 names the attention projections query/key/value; transformers 5 q_proj/k_proj/v_proj.
+# transformers 4 names the attention projections query/key/value; transformers 5
+# q_proj/k_proj/v_proj.
 _QV_NAMES = (("q_proj", "v_proj"), ("query", "value"))
 
 
@@ -252,18 +254,21 @@ def split_frame(
     from sklearn.model_selection import train_test_split
 
     if len(fractions) != 3 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-        raise ValueError(f"finetune: split fractions must be 3 numbers summing to 1, got {fractions}")
+        raise ValueError(f"finetune: split fractions must be 3 numbers summing to 1, "
+                         f"got {fractions}")
     labels = frame["label"].to_numpy()
     strat = labels if np.bincount(labels).min() >= 3 else None
     rest, test = train_test_split(
         frame, test_size=fractions[2], random_state=seed, stratify=strat
     )
     strat_rest = rest["label"].to_numpy() if strat is not None else None
+    if strat_rest is not None and np.bincount(strat_rest).min() < 2:
+        strat_rest = None
     train, valid = train_test_split(
         rest,
         test_size=fractions[1] / (fractions[0] + fractions[1]),
         random_state=seed,
-        stratify=strat_rest if strat_rest is not None and np.bincount(strat_rest).min() >= 2 else None,
+        stratify=strat_rest,
     )
     return {"train": train, "valid": valid, "test": test}
 
@@ -428,3 +433,132 @@ def load_adapter(backbone: nn.Module, n_classes: int, adapter_dir: str | Path) -
     from peft import PeftModel
 
     return PeftModel.from_pretrained(ViTClassifier(backbone, n_classes), str(adapter_dir))
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def load_tile_frame(cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
+    """The tiles a ``finetune`` config names, and the class names.
+
+    ``cfg.data`` is an ImageFolder root or a CSV (``image_path``, ``label``, optional
+    ``split``; relative paths resolved against the CSV's folder); ``cfg.tile_dataset`` a
+    reference dataset (``nct_crc`` or ``camelyon17_wilds``) read under ``cfg.data_dir``.
+    The frame has ``image_path``, ``label`` (codes 0..K-1 in the sorted order of the class
+    names, or of the label values when the loader gives no names) and optionally ``split``.
+    """
+    if cfg.data:
+        path = Path(cfg.data)
+        if path.is_dir():
+            from rl_benchmarks.datasets import load_image_folder
+
+            frame = load_image_folder(path)
+        elif path.is_file():
+            frame = pd.read_csv(path)
+            missing = {"image_path", "label"} - set(frame.columns)
+            if missing:
+                raise ValueError(f"finetune: {path} lacks the column(s) {sorted(missing)}")
+            frame["image_path"] = [
+                str(p if Path(p).is_absolute() else path.parent / p) for p in frame["image_path"]
+            ]
+        else:
+            raise FileNotFoundError(f"finetune: data={path} does not exist")
+    elif cfg.tile_dataset:
+        from rl_benchmarks.datasets import load_dataset
+
+        names = {"nct_crc": "NCT-CRC", "camelyon17_wilds": "CAMELYON17-WILDS"}
+        if cfg.tile_dataset not in names:
+            raise ValueError(f"finetune: tile_dataset must be one of {sorted(names)}")
+        base = names[cfg.tile_dataset]
+        parts = {"TRAIN": "train", "VALID": "valid"}
+        if base == "CAMELYON17-WILDS":
+            parts["TEST"] = "test"
+        data_dir = cfg.get("data_dir") or None  # else $RLB_DATA_DIR / conf.yaml
+        frames = []
+        for cohort, split in parts.items():
+            f = load_dataset(f"{base}_{cohort}", data_dir=data_dir)
+            f = f.assign(split=split)
+            frames.append(f)
+        frame = pd.concat(frames, ignore_index=True)
+        if base == "NCT-CRC":  # the tutorial: a validation part drawn from train, test = VAL-7K
+            frame.loc[frame.split == "valid", "split"] = "test"
+    else:
+        raise ValueError("finetune: give data=<folder or CSV> or tile_dataset=<name>")
+    # Class names when the loader gives them (ImageFolder), else the label values; codes
+    # 0..K-1 follow their sorted order.
+    source = frame["class_name"] if "class_name" in frame else frame["label"]
+    values = sorted(source.unique())
+    frame["label"] = source.map({v: i for i, v in enumerate(values)}).astype(int)
+    classes = [str(v) for v in values]
+    return frame, classes
+
+
+def make_splits(frame: pd.DataFrame, cfg: DictConfig) -> dict[str, pd.DataFrame]:
+    """Use the frame's ``split`` column when present, else draw stratified parts with the seed.
+
+    With a given split but no validation part (e.g. NCT-CRC), the validation part is drawn
+    as half of the training part, as in the reference tutorial (1000 tiles -> 500/500).
+    ``cfg.max_train_tiles`` caps the training part (seeded draw). An empty part is a
+    one-line ValueError.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if "split" in frame and frame["split"].notna().all():
+        splits = {s: frame[frame.split == s] for s in ("train", "valid", "test")}
+        if cfg.max_train_tiles and len(splits["train"]) > cfg.max_train_tiles:
+            splits["train"] = splits["train"].sample(cfg.max_train_tiles, random_state=cfg.seed)
+        if len(splits["valid"]) == 0:
+            splits["train"], splits["valid"] = train_test_split(
+                splits["train"], test_size=0.5, random_state=cfg.seed
+            )
+    else:
+        splits = split_frame(frame, tuple(cfg.split_fractions), cfg.seed)
+        if cfg.max_train_tiles and len(splits["train"]) > cfg.max_train_tiles:
+            splits["train"] = splits["train"].sample(cfg.max_train_tiles, random_state=cfg.seed)
+    for name, part in splits.items():
+        if len(part) == 0:
+            raise ValueError(f"finetune: the {name} split is empty")
+    return splits
+
+
+def config_of(cfg: DictConfig) -> FinetuneConfig:
+    """The :class:`FinetuneConfig` of a ``finetune`` command config."""
+    return FinetuneConfig(
+        mode=cfg.mode, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout, learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, num_epochs=cfg.num_epochs,
+        image_size=cfg.image_size, precision=cfg.precision, device=str(cfg.device),
+        num_workers=cfg.num_workers, seed=cfg.seed, augment=cfg.augment,
+        max_steps_per_epoch=cfg.max_steps_per_epoch,
+    )
+
+
+def run(
+    cfg: DictConfig,
+    on_start: Callable[[FinetuneConfig, list[str], dict[str, pd.DataFrame]], None] | None = None,
+) -> FinetuneResult:
+    """Run ``finetune`` as the command config ``cfg`` (a DictConfig) describes: load the
+    tiles and splits, build the backbone and model, train, and write the outputs under
+    ``cfg.output_dir`` (:func:`save_outputs`).
+
+    ``on_start(run_config, classes, splits)`` is called once the model is built, before
+    training. Bad input raises a one-line ``ValueError`` / ``FileNotFoundError``. The
+    result holds the class names and the output folder."""
+    from omegaconf import OmegaConf
+
+    frame, classes = load_tile_frame(cfg)
+    splits = make_splits(frame, cfg)
+    run_cfg = config_of(cfg)
+    vit_kwargs = dict(OmegaConf.to_container(cfg.vit)) | {"image_size": cfg.image_size}
+    backbone = load_vit_backbone(cfg.weights_path, cfg.pretrained, cfg.encoder, vit_kwargs,
+                                 num_heads=OmegaConf.select(cfg, "num_heads"))
+    model = build_model(backbone, len(classes), run_cfg)
+    if on_start is not None:
+        on_start(run_cfg, classes, splits)
+    model, result = train(model, splits, run_cfg)
+    result.classes = classes
+    save_outputs(model, result, run_cfg, cfg.output_dir, extra_record={
+        "weights_path": cfg.weights_path, "pretrained": cfg.pretrained,
+        "hydra_config": OmegaConf.to_container(cfg),
+    })
+    return result

@@ -6,8 +6,9 @@ Design:
 * **Plan.** Each slide gets coords: a given ``coords.npy`` (a CSV ``coords_path``, a
   reference cohort's, or ``rlbench tile``'s output through :func:`attach_coords_dir`; a
   ``tiling.json`` beside it must show the extraction's tile size and mpp), one already
-  written beside its outputs, or tissue tiling on the fly (:func:`rl_benchmarks.slides.tile_slide`) with
-  the extractor's tile size and mpp (saved too). A slide with no tissue tile is a failure.
+  written beside its outputs, or tissue tiling on the fly
+  (:func:`rl_benchmarks.slides.tile_slide`) with the extractor's tile size and mpp (saved
+  too). A slide with no tissue tile is a failure.
 * **Skips are never stale.** Each slide's ``features.json`` holds ``settings``: extractor
   name, weights SHA-256, precision, tile size, mpp, n_tiles, random_sampling, seed, float16
   (:func:`slide_settings`). A slide whose ``features.npy`` exists is skipped only when

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -61,6 +60,7 @@ from rl_benchmarks.pretraining.ibot import (
 from rl_benchmarks.pretraining.masking import MaskGenerator
 from rl_benchmarks.utils.distributed import DistInfo, setup_distributed, shutdown
 from rl_benchmarks.utils.io import atomic_open, write_csv, write_text
+from rl_benchmarks.utils.overrides import hydra_value
 from rl_benchmarks.utils.seed import derive_seed, set_seed
 
 CHECKPOINT = "checkpoint.pth"
@@ -101,41 +101,16 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-def _quote(text: str) -> str:
-    """``text`` as a Hydra quoted string that composes back to exactly ``text``: quotes and
-    the backslashes before them (or before the end) are escaped, and so is ``${`` (no
-    interpolation of user strings)."""
-    text = re.sub(r"(\\+)(?='|\$\{|$)", lambda m: m.group(1) * 2, text)
-    return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
-
-
-def hydra_value(value: Any) -> str:
-    """A plain Python value written in Hydra's override grammar (``key=<this>``)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)  # 'inf', '-inf' and 'nan' are Hydra floats too
-    if isinstance(value, str):
-        return "???" if value == "???" else _quote(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
-    raise PretrainError(f"config value {value!r} ({type(value).__name__}) is not a "
-                        f"number, string, list or mapping")
-
-
 def config_overrides(cfg: Any = None, **overrides: Any) -> list[str]:
     """``cfg`` (dict or DictConfig), then ``overrides`` (nested dicts), as Hydra overrides
     ``dotted.key=value`` (the command line that composes the same config)."""
     from rl_benchmarks.utils.cross_validation import flatten
 
     pairs = [*flatten(_to_plain(cfg) or {}).items(), *flatten(_to_plain(overrides)).items()]
-    return [f"{key}={hydra_value(value)}" for key, value in pairs]
+    try:
+        return [f"{key}={hydra_value(value)}" for key, value in pairs]
+    except ValueError as err:
+        raise PretrainError(str(err)) from None
 
 
 def compose_config(overrides: list[str] | None = None) -> Any:

@@ -194,6 +194,90 @@ def model_tile_scores(model: Any, features: np.ndarray, class_index: int = 0,
     return out[0].detach().cpu().double().numpy().reshape(-1)
 
 
+@dataclass
+class TileScores:
+    """Per-tile scores of one slide: ``coords`` (N, 3) ``[deepzoom_level, col, row]``,
+    ``scores`` (N,) and ``label`` (what the scores are, for the colour bar)."""
+
+    coords: np.ndarray = field(repr=False)
+    scores: np.ndarray = field(repr=False)
+    label: str
+
+
+def load_npy(path: str | os.PathLike, what: str) -> np.ndarray:
+    """A ``.npy`` array (never unpickled); a missing or unreadable file is one error naming
+    it and ``what`` it should hold."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: {what} file not found")
+    try:
+        return np.load(p, allow_pickle=False)
+    except ValueError as exc:
+        raise HeatmapError(f"{p}: not a readable .npy {what} file ({exc})") from None
+
+
+def load_slide_model(model: str, state_dict_path: str | os.PathLike, in_features: int,
+                     out_features: int | None = None, model_kwargs: dict[str, Any] | None = None,
+                     use_reference_kwargs: bool = True) -> Any:
+    """The MIL model ``model`` (a ``create_slide_model`` name) with the trained weights of
+    ``state_dict_path`` (loaded strictly, no code run). Its constructor gets the reference
+    arguments of ``model`` (when ``use_reference_kwargs``) updated by ``model_kwargs``;
+    ``out_features`` defaults to the rows of the state dict's last 2-D weight. A state dict
+    that does not fit is a :class:`HeatmapError` naming the file."""
+    from rl_benchmarks.models.slide_models import REFERENCE_MODEL_KWARGS, create_slide_model
+
+    kwargs = dict(REFERENCE_MODEL_KWARGS.get(model.lower(), {})) if use_reference_kwargs else {}
+    kwargs.update(model_kwargs or {})
+    state = load_state_dict(state_dict_path)
+    net = create_slide_model(model, in_features=in_features,
+                             out_features=out_features or _out_features(state), **kwargs)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise HeatmapError(f"{state_dict_path}: does not fit model {model} with {kwargs} and "
+                           f"in_features={in_features}: {str(exc).splitlines()[0]}") from None
+    return net
+
+
+def compute_tile_scores(
+    features_path: str | os.PathLike | None = None,
+    scores_path: str | os.PathLike | None = None,
+    coords_path: str | os.PathLike | None = None,
+    model: str = "abmil",
+    state_dict_path: str | os.PathLike | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    use_reference_kwargs: bool = True,
+    out_features: int = 1,
+    class_index: int = 0,
+) -> TileScores:
+    """The tile scores a heatmap draws: given (``scores_path``, with the coords from
+    ``coords_path`` or ``features_path``), or computed by a trained ``model`` (weights
+    ``state_dict_path``) on the slide's ``features_path`` (N, 3+D). Bad or missing input is
+    one error naming the file or the missing key."""
+    features = load_npy(features_path, "features") if features_path else None
+    if features is not None and (features.ndim != 2 or features.shape[1] < 4):
+        raise HeatmapError(f"{features_path}: features must be (N, 3+D), got {features.shape}")
+    if scores_path:
+        scores = load_npy(scores_path, "scores").astype(np.float64).reshape(-1)
+        if coords_path:
+            coords = load_npy(coords_path, "coords")
+        elif features is not None:
+            coords = features[:, :3]
+        else:
+            raise HeatmapError("scores_path needs coords_path or features_path "
+                               "(for the tile coordinates)")
+        return TileScores(coords, scores, "tile score")
+    if features is None:
+        raise HeatmapError("give features_path (with model + state_dict_path) or scores_path")
+    if not state_dict_path:
+        raise HeatmapError("state_dict_path is required to score tiles with a model "
+                           "(a heatmap of an untrained model means nothing)")
+    net = load_slide_model(model, state_dict_path, features.shape[1] - 3, int(out_features),
+                           model_kwargs, use_reference_kwargs)
+    scores = model_tile_scores(net, features, class_index=class_index)
+    return TileScores(features[:, :3], scores, f"{model} tile score")
+
+
 def heatmaps_from_cv(
     experiment_dir: str | os.PathLike,
     slides: dict[str, tuple[str | os.PathLike, str | os.PathLike]],
@@ -218,7 +302,6 @@ def heatmaps_from_cv(
     """
     import torch
 
-    from rl_benchmarks.models.slide_models import REFERENCE_MODEL_KWARGS, create_slide_model
     from rl_benchmarks.reports.predictions import load_predictions
     from rl_benchmarks.val_schemes.experiment import ExperimentFolder
 
@@ -234,23 +317,14 @@ def heatmaps_from_cv(
     col = "risk" if preds.attrs["task"] == "survival" else (
         "score" if "score" in preds.columns else f"score_{class_index}")
     chosen = preds.sort_values(col, ascending=False, kind="stable").drop_duplicates("slide_id")
-    kwargs = dict(REFERENCE_MODEL_KWARGS.get(model.lower(), {})) if use_reference_kwargs else {}
-    kwargs.update(model_kwargs or {})
     out, models = [], {}
     for row in chosen.head(max_slides).itertuples():
         slide_path, features_path = slides[str(row.slide_id)]
-        features = np.load(features_path)
+        features = load_npy(features_path, "features")
         key = str(row.fold_name)
         if key not in models:
-            state = load_state_dict(run.model_path(key))
-            net = create_slide_model(model, in_features=features.shape[1] - 3,
-                                     out_features=out_features or _out_features(state), **kwargs)
-            try:
-                net.load_state_dict(state, strict=True)
-            except RuntimeError as exc:
-                raise HeatmapError(f"{run.model_path(key)}: does not fit model {model} "
-                                   f"with {kwargs}: {str(exc).splitlines()[0]}") from None
-            models[key] = net
+            models[key] = load_slide_model(model, run.model_path(key), features.shape[1] - 3,
+                                           out_features, model_kwargs, use_reference_kwargs)
         with torch.no_grad():
             scores = model_tile_scores(models[key], features, class_index=class_index)
         hm = draw_heatmap(slide_path, features, scores, Path(out_dir) / f"{row.slide_id}_{model}.png",

@@ -1,8 +1,8 @@
 """Read tiles at ``[dz_level, col, row]`` coordinates, for DataLoaders.
 
 Why: feature extraction reads millions of tiles. The pixels must equal
-``DeepZoomGenerator(slide, tile_size, 0).get_tile(level, (col, row))`` (reference §3.2);
-border tiles are zero-padded (black) at the bottom/right to ``tile_size`` (§3.3). Each
+``DeepZoomGenerator(slide, tile_size, 0).get_tile(level, (col, row))`` (docs/protocol.md#deepzoom-coordinates);
+border tiles are zero-padded (black) at the bottom/right to ``tile_size`` (docs/protocol.md#tile-reading). Each
 worker process opens the slide once and reuses the handle (handles are not pickled;
 a forked or spawned worker opens its own on first use).
 

@@ -5,7 +5,7 @@ Why: the reference ships precomputed ``coords.npy`` files but no way to make the
 one's own slides. Here: open the slide (mpp), read a ~8 µm/px image of it in bounded
 memory, detect tissue, choose the DeepZoom level nearest ``target_mpp``, keep the grid
 tiles whose tissue fraction is at least ``min_tissue``, and write
-``[dz_level, col, row]`` coordinates (reference §3.2).
+``[dz_level, col, row]`` coordinates (docs/protocol.md, "DeepZoom coordinates").
 """
 
 from __future__ import annotations
@@ -147,7 +147,8 @@ def read_mask_image(
         for x in range(0, lw, chunk):
             cw, ch = min(chunk, lw - x), min(chunk, lh - y)
             try:
-                region = slide.read_region((int(x * ds), int(y * ds)), level, (cw, ch))  # type: ignore[attr-defined]
+                region = slide.read_region(  # type: ignore[attr-defined]
+                    (int(x * ds), int(y * ds)), level, (cw, ch))
             except Exception as err:
                 raise SlideReadError(
                     info.path, f"reading level {level} at {(x, y)}: {err}"
@@ -403,7 +404,8 @@ def collect_slides(slides: str | os.PathLike | Sequence[str | os.PathLike]) -> l
 def reference_slide_dir(
     output_dir: Path, cohort: str, tile_size: int, slide_name: str
 ) -> Path:
-    """``coords_<tile_size>/<cohort>/<slide>`` (TCGA cohorts under ``TCGA/``), reference §3.5."""
+    """``coords_<tile_size>/<cohort>/<slide>`` (TCGA cohorts under ``TCGA/``), see
+    docs/protocol.md, "On-disk layout"."""
     sub = Path("TCGA") / cohort if cohort.upper().startswith("TCGA_") else Path(cohort)
     return output_dir / f"coords_{tile_size}" / sub / slide_name
 
@@ -468,6 +470,7 @@ def tile_slides(
     layout: str = "flat",
     progress: bool = True,
     params: TilingParams | None = None,
+    data_dir: str | os.PathLike | None = None,
 ) -> TilingSummary:
     """Tile many slides; write per-slide files, ``failures.csv`` and a summary.
 
@@ -478,7 +481,10 @@ def tile_slides(
     and the others go on; so is a slide without tiles when ``empty_is_failure``.
     The tiling settings are ``params`` (default :class:`TilingParams`) with the keywords
     ``tile_size`` ... ``mask_mpp`` that are given (not None) taking precedence, as in
-    :func:`tile_slide`; they are checked before any slide is opened.
+    :func:`tile_slide`; they are checked before any slide is opened. With
+    ``layout="reference"`` and no ``output_dir``, the output folder is
+    ``<data_dir>/preprocessed/slides_classification/coords`` (``data_dir`` default:
+    ``$RLB_DATA_DIR`` / conf.yaml).
     """
     t0 = time.perf_counter()
     settings = TilingParams.build(
@@ -492,9 +498,9 @@ def tile_slides(
     if output_dir is None or str(output_dir) == "":
         if layout != "reference":
             raise ValueError("output_dir is required (or use layout=reference with data_dir set)")
-        from rl_benchmarks.paths import data_dir
+        from rl_benchmarks.paths import data_dir as data_root
 
-        output_dir = data_dir() / "preprocessed" / "slides_classification" / "coords"
+        output_dir = data_root(data_dir) / "preprocessed" / "slides_classification" / "coords"
     output_dir = Path(output_dir)
     paths = collect_slides(slides)
     names: dict[str, Path] = {}

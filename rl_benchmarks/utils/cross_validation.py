@@ -1,4 +1,4 @@
-"""Experiment bookkeeping of the cross-validation command (reference §7.6).
+"""Experiment bookkeeping of the cross-validation command (docs/protocol.md#run-folder).
 
 An experiment is named by a hash of its configuration (without the paths and the device)
 and, in ``rlbench cv``, of the identity of its features and cohort: the same run always

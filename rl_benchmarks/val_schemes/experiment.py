@@ -429,6 +429,21 @@ def last_epoch_values(folds: Mapping[str, Sequence[float]]) -> np.ndarray:
     return np.array([v[-1] if len(v) else np.nan for v in folds.values()], dtype=float)
 
 
+def summarise_metrics(metrics: Mapping[str, Mapping[str, Sequence[float]]],
+                      ) -> dict[str, dict[str, Any]]:
+    """Per metric, the mean and std over outer folds of the last epoch's value (nan when no
+    fold is finite) and the folds' values: ``summary.json``'s ``test`` and the results
+    table's ``mean_*``/``std_*``."""
+    out = {}
+    for name, folds in metrics.items():
+        last = last_epoch_values(folds)
+        finite = np.isfinite(last).any()
+        out[name] = {"mean": float(np.nanmean(last)) if finite else float("nan"),
+                     "std": float(np.nanstd(last)) if finite else float("nan"),
+                     "folds": last.tolist()}
+    return out
+
+
 def check_finite_test_metrics(test_metrics: Mapping[str, Mapping[str, Sequence[float]]]) -> None:
     """Raise :class:`NonFiniteMetricsError` naming the outer folds whose last-epoch test
     metric is NaN or infinite (the run then stays "not completed")."""
@@ -752,5 +767,5 @@ __all__ = [
     "RestrictedUnpickler", "RunRecord", "UnsafePickleError", "build_dataset",
     "check_finite_test_metrics", "cohort_identity", "experiment_identity", "features_identity",
     "features_root", "load_legacy_pickle", "load_run", "predictions_frame", "recorded_extractor",
-    "run_extractor",
+    "run_extractor", "summarise_metrics",
 ]

@@ -1,4 +1,4 @@
-"""Nested cross-validation (reference §7.5), seeded, with the reference's defects fixed.
+"""Nested cross-validation (docs/protocol.md#nested-cross-validation), seeded, with the reference's defects fixed.
 
 Protocol: for each outer fold, every grid point is trained on every inner fold; the
 inner-CV *mean* validation curve (``cindex`` if present, else ``auc``) picks the best

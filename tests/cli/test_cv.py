@@ -13,55 +13,18 @@ import pytest
 import torch
 from lifelines.utils import concordance_index
 from sklearn.metrics import roc_auc_score
+from testlib.cohorts import SMALL, D, write_cohort
 
 from rl_benchmarks.cli.main import main as rlbench
 from rl_benchmarks.val_schemes.experiment import ExperimentFolder
 
 ROOT = Path(__file__).resolve().parents[2]
-D = 8
-
-
 def _tool(name: str):
     path = ROOT / "tools" / "slide_level_tasks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"tool_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def write_cohort(folder: Path, n_patients: int = 24, survival: bool = False, seed: int = 0) -> Path:
-    """Slides with a planted signal: positive (or short-survival) slides have shifted tiles."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for p in range(n_patients):
-        y = p % 2
-        time = float(rng.exponential(100.0) * np.exp(-2.0 * y) + 1.0)
-        event = int(rng.random() < 0.8)
-        for s in range(1 + p % 3 // 2):
-            n = int(rng.integers(6, 12))
-            x = rng.normal(size=(n, D)).astype(np.float32)
-            x[: max(1, n // 2), 0] += 3.0 * y
-            coords = np.stack([np.full(n, 12), np.arange(n), np.zeros(n)], 1)
-            sid = f"slide_{p:02d}_{s}"
-            np.save(folder / f"{sid}.npy", np.concatenate([coords, x], 1).astype(np.float32))
-            row = {"slide_id": sid, "features_path": f"{sid}.npy", "patient_id": f"P{p:02d}"}
-            if survival:
-                row["time"], row["event"] = time, event
-            else:
-                row["label"] = ["normal", "tumour"][y]
-            rows.append(row)
-    path = folder / "cohort.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
-
-
-SMALL = [
-    "task.validation_scheme.n_splits_outer=2",
-    "task.validation_scheme.n_splits_inner=2",
-    "task.validation_scheme.trainer_cfg.num_epochs=3",
-    "task.validation_scheme.trainer_cfg.batch_size=4",
-    "device=cpu",
-]
 
 
 def test_cv_end_to_end_then_results(tmp_path, capsys):
@@ -162,8 +125,8 @@ def test_train_test_fold_ensemble(tmp_path):
     args = preprocess_overrides([f"task={train_csv}", f"test_cohort={test_csv}", "preset=tutorial",
                                  "model=mean_pool", f"logs_root_dir={logs}", "device=cpu",
                                  "task.validation_scheme.n_splits_outer=3", "n_bootstrap=50"])
-    from rl_benchmarks.cli.cross_validation import prepare_config
     from rl_benchmarks.cli.main import compose
+    from rl_benchmarks.val_schemes.run_experiment import prepare_config, run_experiment
 
     cfg = prepare_config(compose("cv", args))
     vs = cfg.task.validation_scheme
@@ -172,10 +135,11 @@ def test_train_test_fold_ensemble(tmp_path):
     # the preset brings the tutorial's Chowder; MeanPool's logits can be recomputed by hand
     cfg.model = {"_target_": "rl_benchmarks.models.MeanPool"}
     vs.trainer_cfg.num_epochs, vs.trainer_cfg.learning_rate = 5, 1e-2
-    from rl_benchmarks.cli.cross_validation import run
-
-    run_dir = run(cfg)
+    result = run_experiment(cfg)
+    run_dir = result.folder
+    assert not result.skipped
     summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["test_cohort"]["n_slides"] == result.summary["test_cohort"]["n_slides"]
     preds = pd.read_csv(run_dir / "test_predictions.csv")
     cohort = pd.read_csv(test_csv)
     assert sorted(preds["slide_id"]) == sorted(cohort["slide_id"])

@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
+from testlib.cohorts import SMALL, write_cohort
 
 from rl_benchmarks.cli.cross_validation import preprocess_overrides
 from rl_benchmarks.cli.main import main as rlbench
@@ -23,9 +23,6 @@ from rl_benchmarks.val_schemes.experiment import (
     recorded_extractor,
     run_extractor,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_cv import SMALL, write_cohort  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["task.validation_scheme.trainer_cfg.num_epochs=2",
@@ -178,10 +175,9 @@ def test_small_cohort_error_names_the_largest_valid_batch_size(tmp_path, capsys)
 
 
 def test_batch_size_grid_error_names_the_grid_key():
-    from rl_benchmarks.val_schemes import NestedCrossValidation
+    from testlib.cv import ToyCohort, trainer_cfg
 
-    sys.path.insert(0, str(ROOT / "tests" / "val_schemes"))
-    from cv_testlib import ToyCohort, trainer_cfg
+    from rl_benchmarks.val_schemes import NestedCrossValidation
 
     ncv = NestedCrossValidation(trainer_cfg(), n_splits_outer=2, n_splits_inner=2,
                                 grid_search_params={"batch_size": [2, 64]})

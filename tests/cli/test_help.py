@@ -31,18 +31,6 @@ from rl_benchmarks.cli.main import (
     main,
 )
 
-#: Commands whose conf folders other helpers are still documenting (issue S). The lead
-#: empties this list once they are done: a command listed here whose keys all have a
-#: meaning fails (strict xfail), which says it is time to remove it.
-UNDOCUMENTED_ALLOWED: dict[str, str] = {
-    "extract-slides": "conf/extract_features is being edited",
-    "extract-tiles": "conf/extract_features is being edited",
-    "finetune": "conf/finetune is being edited",
-    "cv": "conf/slide_level_task is being edited",
-    "heatmap": "conf/heatmap is being edited",
-    "report": "conf/report is being edited",
-}
-
 
 def _write(path, text: str):
     path.write_text(textwrap.dedent(text), encoding="utf-8")
@@ -134,14 +122,12 @@ def test_help_values_follow_overrides():
 
 
 def _cases() -> list:
+    """One case per command: the defaults, then each option of each config group."""
     cases = []
     for command in COMMANDS:
         choices = [[]] + [[f"{g}={o}"] for g in _groups(command)
                           for o in _group_options(command, g)]
-        marks = ()
-        if command in UNDOCUMENTED_ALLOWED:
-            marks = (pytest.mark.xfail(strict=True, reason=UNDOCUMENTED_ALLOWED[command]),)
-        cases.append(pytest.param(command, choices, id=command, marks=marks))
+        cases.append(pytest.param(command, choices, id=command))
     return cases
 
 
@@ -157,10 +143,6 @@ def test_every_key_has_a_meaning(command, choices):
         missing |= {f"{k} ({' '.join(overrides) or 'defaults'})"
                     for k in undocumented(cfg, meanings)}
     assert not missing, f"rlbench {command}: keys without a # comment: {sorted(missing)}"
-
-
-def test_allow_list_names_real_commands():
-    assert set(UNDOCUMENTED_ALLOWED) <= set(COMMANDS)
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
+from testlib.cohorts import SMALL, write_cohort
 
 from rl_benchmarks.cli.cross_validation import preprocess_overrides
 from rl_benchmarks.cli.main import main as rlbench
@@ -25,9 +26,6 @@ from rl_benchmarks.val_schemes.experiment import (
     features_identity,
     load_legacy_pickle,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_cv import SMALL, write_cohort  # noqa: E402
 
 FAST = ["task.validation_scheme.trainer_cfg.num_epochs=2",
         "task.validation_scheme.grid_search_params.learning_rate=[1e-3]",

@@ -8,7 +8,6 @@ Skipped without a GPU (CI has none); run them on a GPU machine with ``pytest -m 
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,6 @@ pytestmark = [
 ]
 
 TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS / "val_schemes"))  # cv_testlib
-sys.path.insert(0, str(TESTS / "pretraining"))  # pretrain_helpers
 
 TINY = ["feature_extractor.pretrained=false", "+feature_extractor.depth=1",
         "+feature_extractor.embed_dim=32", "+feature_extractor.num_heads=2"]
@@ -63,13 +60,13 @@ def test_slide_extraction_on_gpu_matches_cpu(real_data, tmp_path):
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory) -> str:
-    from pretrain_helpers import write_tiny_images
+    from testlib.pretrain import write_tiny_images
 
     return write_tiny_images(tmp_path_factory.mktemp("imgs"))
 
 
 def _trainer(out: Path, image_dir: str, device: str, **over):
-    from pretrain_helpers import tiny_config
+    from testlib.pretrain import tiny_config
 
     from rl_benchmarks.pretraining.train import Trainer, make_config, setup_distributed
 
@@ -115,7 +112,7 @@ def test_ibot_autocast_steps_on_gpu(tmp_path, image_dir, precision):
 
 
 def test_ibot_resume_on_gpu_reproduces_next_step(tmp_path, image_dir):
-    from pretrain_helpers import tiny_config
+    from testlib.pretrain import tiny_config
 
     from rl_benchmarks.pretraining.train import train
 
@@ -136,7 +133,7 @@ def test_ensemble_fast_path_on_gpu_equals_plain_cpu_runs(model):
     """The stacked-member (vmap) fast path. The fused tile layer of ABMIL/Chowder
     (``_fused_forward``) runs only where the features live (the CPU), so it is not what
     runs here."""
-    from cv_testlib import ToyCohort, plain_run, trainer_cfg
+    from testlib.cv import ToyCohort, plain_run, trainer_cfg
 
     from rl_benchmarks.trainers.ensemble_trainer import EnsembleTrainer, preload
     from rl_benchmarks.val_schemes import update_trainer_cfg

@@ -1,5 +1,5 @@
 """Tier-1 fixtures: a miniature data root in the reference's exact layouts and formats
-(reference-system §3.5, §4, §5), written by the tests."""
+(docs/protocol.md#on-disk-layout, #cohort-loading, #tcga-labels), written by the tests."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The 14 slide-level task configs (reference §5.4), test_ncv and the dataset configs."""
+"""The 14 slide-level task configs (docs/protocol.md#slide-level-tasks), test_ncv and the dataset configs."""
 
 from __future__ import annotations
 
@@ -118,3 +118,61 @@ def test_build_task_config_for_csv_cohorts(tmp_path, ref):
     assert cfg.validation_scheme.n_splits_outer == ref_cfg.validation_scheme.n_splits_outer
     ds = instantiate(cfg.data.train, features_root_dir=str(feats))
     assert ds.task == "survival" and ds.n_tiles == 4 and ds.n_slides == 3
+
+
+# the loss and metrics a CSV target must get, written out here (not read from the package)
+CSV_HEADS = {"binary": BIN, "multiclass": MULTI, "survival": COX}
+
+
+def _csv_cohort(folder, kind):
+    import pandas as pd
+
+    n = 6
+    frame = pd.DataFrame({"slide_id": [f"s{i}" for i in range(n)],
+                          "patient_id": [f"p{i}" for i in range(n)]})
+    if kind == "survival":
+        frame["time"], frame["event"] = [float(i + 1) for i in range(n)], [1, 0] * (n // 2)
+    else:
+        frame["label"] = [["a", "b", "c"][i % (2 if kind == "binary" else 3)] for i in range(n)]
+    path = folder / f"{kind}.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _head(trainer) -> tuple[str, dict[str, str], set[bool]]:
+    return (trainer.criterion._target_,
+            {k: v._target_ for k, v in trainer.metrics.items()},
+            {bool(v._partial_) for v in trainer.metrics.values()})
+
+
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "survival"])
+def test_build_task_config_and_cv_command_agree_on_csv_cohorts(tmp_path, kind):
+    """The Python API and ``rlbench cv task=<csv>`` give one criterion and one metric set,
+    the one the CSV's target calls for (binary, multi-class, survival)."""
+    from rl_benchmarks.cli.cross_validation import preprocess_overrides
+    from rl_benchmarks.cli.main import compose
+    from rl_benchmarks.datasets import build_task_config
+    from rl_benchmarks.val_schemes.run_experiment import prepare_config
+
+    csv = _csv_cohort(tmp_path, kind)
+    criterion, metrics = CSV_HEADS[kind]
+    expected = (f"rl_benchmarks.losses.{criterion}",
+                {k: f"rl_benchmarks.metrics.{v}" for k, v in metrics.items()}, {True})
+    api = build_task_config(str(csv), n_tiles=4)
+    # the template ships the binary head: the multi-class and survival cohorts show that the
+    # cv command sets the head from the CSV
+    cv = prepare_config(compose("cv", preprocess_overrides([f"task={csv}", "device=cpu"])))
+    assert _head(api.validation_scheme.trainer_cfg) == expected
+    assert _head(cv.task.validation_scheme.trainer_cfg) == expected
+    # same skeleton otherwise: the shipped template's validation scheme
+    for key in ("n_splits_outer", "n_splits_inner", "stratified", "split_mode"):
+        assert api.validation_scheme[key] == cv.task.validation_scheme[key]
+    assert cv.task.data.train.cohort == str(csv.resolve())
+    assert api.data.train.cohort == str(csv) and api.data.n_tiles == 4
+
+
+def test_cohort_task_config_refuses_an_unknown_kind(tmp_path):
+    from rl_benchmarks.datasets.tasks import cohort_task_config
+
+    with pytest.raises(ValueError, match="unknown task kind 'ordinal'"):
+        cohort_task_config(str(tmp_path / "c.csv"), kind="ordinal")

@@ -12,7 +12,8 @@ from PIL import Image
 
 from rl_benchmarks.evaluation import finetune as ft
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=16)
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+            patch_size=16)
 
 
 def _tiny_backbone(seed: int = 0):
@@ -175,7 +176,7 @@ def test_backbone_from_an_ibot_checkpoint(tmp_path):
 def test_image_folder_class_names_and_codes(tmp_path):
     from omegaconf import OmegaConf
 
-    from rl_benchmarks.cli.finetune import load_tile_frame
+    from rl_benchmarks.evaluation.finetune import load_tile_frame
 
     _write_tiles(tmp_path / "tiles", n_per_class=2)
     frame, classes = load_tile_frame(OmegaConf.create({"data": str(tmp_path / "tiles")}))
@@ -278,3 +279,64 @@ def test_weights_after_training_are_those_of_the_best_epoch(tmp_path, monkeypatc
     assert not same(epoch_states[1], epoch_states[3])
     assert same(test_state, epoch_states[1])
     assert same({k: v for k, v in final.items()}, epoch_states[1])
+
+
+def _split_cfg(**values):
+    from omegaconf import OmegaConf
+
+    base = {"max_train_tiles": None, "seed": 0, "split_fractions": [0.5, 0.25, 0.25]}
+    return OmegaConf.create(base | values)
+
+
+def test_make_splits_given_split_without_valid_draws_half_of_train():
+    """A frame with train/test only (NCT-CRC): the validation part is half of the (capped)
+    training part, drawn with the seed; the test part is kept as it is."""
+    frame = pd.DataFrame({"image_path": [f"t{i}.png" for i in range(14)],
+                          "label": [i % 2 for i in range(14)],
+                          "split": ["train"] * 10 + ["test"] * 4})
+    splits = ft.make_splits(frame, _split_cfg(max_train_tiles=8))
+    assert (len(splits["train"]), len(splits["valid"]), len(splits["test"])) == (4, 4, 4)
+    assert list(splits["test"].index) == list(range(10, 14))
+    drawn = set(splits["train"].index) | set(splits["valid"].index)
+    assert len(drawn) == 8 and drawn <= set(range(10))
+    again = ft.make_splits(frame, _split_cfg(max_train_tiles=8))
+    assert list(again["train"].index) == list(splits["train"].index)  # seeded
+
+
+def test_make_splits_without_split_column_and_empty_parts():
+    frame = pd.DataFrame({"image_path": [f"t{i}.png" for i in range(12)],
+                          "label": [i % 3 for i in range(12)]})
+    splits = ft.make_splits(frame, _split_cfg())
+    assert sorted(len(p) for p in splits.values()) == [3, 3, 6]
+    assert sorted(i for p in splits.values() for i in p.index) == list(range(12))
+    given = frame.assign(split=["train"] * 8 + ["valid"] * 4)  # no test part
+    with pytest.raises(ValueError, match="^finetune: the test split is empty$"):
+        ft.make_splits(given, _split_cfg())
+
+
+def test_run_calls_on_start_before_training_and_returns_the_result(tmp_path, monkeypatch):
+    """ft.run: tiles -> splits -> model -> on_start -> train -> outputs; the result carries
+    the class names and the output folder (training itself is stubbed here)."""
+    from rl_benchmarks.cli.main import compose
+
+    _write_tiles(tmp_path / "tiles", n_per_class=8)
+    cfg = compose("finetune", [f"data={tmp_path / 'tiles'}", "pretrained=false",
+                               "vit.hidden_size=32", "vit.num_hidden_layers=2",
+                               "vit.num_attention_heads=2", "image_size=32", "num_workers=0",
+                               "mode=linear", f"output_dir={tmp_path / 'out'}"])
+    events = []
+
+    def fake_train(model, splits, run_cfg):
+        events.append("train")
+        return model, ft.FinetuneResult(mode=run_cfg.mode, n_trainable=1, n_total=2,
+                                        trainable_percent=50.0, best_epoch=0,
+                                        test_metrics={"accuracy": 1.0})
+
+    monkeypatch.setattr(ft, "train", fake_train)
+    result = ft.run(cfg, on_start=lambda run_cfg, classes, splits: events.append(
+        (run_cfg.mode, classes, sum(len(p) for p in splits.values()))))
+    assert events == [("linear", ["ADI", "STR", "TUM"], 24), "train"]
+    assert result.classes == ["ADI", "STR", "TUM"] and result.output_dir == str(tmp_path / "out")
+    record = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert record["result"]["classes"] == ["ADI", "STR", "TUM"]
+    assert record["pretrained"] is False and record["hydra_config"]["mode"] == "linear"

@@ -30,7 +30,7 @@ def _tiles(n, k=3, d=8, seed=0, noise=1.2):
 
 
 def _reference_loop(X, y, X_eval, portions, n_ensembling, seed):
-    """The protocol of reference-system.md §9, written out with plain scikit-learn."""
+    """The protocol of docs/protocol.md#linear-evaluation, written out with plain scikit-learn."""
     rs = np.random.RandomState(seed)
     out = []
     for p in portions:

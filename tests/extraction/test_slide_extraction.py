@@ -181,7 +181,8 @@ def test_torchrun_two_ranks_equals_one(slide_dir, tmp_path):
     assert _extract(slide_dir, one, "batch_size=4") == 0
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port=29533", "-m", "rl_benchmarks", "extract-slides", *_cli(slide_dir, two)[4:]]
+           "--master_port=29533", "-m", "rl_benchmarks", "extract-slides",
+           *_cli(slide_dir, two)[4:]]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert _outputs(two) == _outputs(one)

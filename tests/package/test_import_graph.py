@@ -66,9 +66,10 @@ def _graph() -> dict[str, set[str]]:
 
 def test_graph_is_read() -> None:
     graph = _graph()
-    assert "rl_benchmarks.cli.main" in graph
-    assert "rl_benchmarks.utils.io" in graph["rl_benchmarks.cli.cross_validation"] or any(
-        "rl_benchmarks.utils" in target for target in graph["rl_benchmarks.cli.cross_validation"])
+    assert "rl_benchmarks.paths" in graph["rl_benchmarks.cli.main"]  # a module-level import
+    # function-level imports count too (the commands import their stage lazily)
+    assert "rl_benchmarks.pretraining" in graph["rl_benchmarks.cli.pretrain"] or any(
+        t.startswith("rl_benchmarks.pretraining") for t in graph["rl_benchmarks.cli.pretrain"])
 
 
 def test_type_checking_imports_are_not_edges() -> None:

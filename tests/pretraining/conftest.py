@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pretrain_helpers import write_tiny_images
+from testlib.pretrain import write_tiny_images
 
 
 @pytest.fixture(scope="session")

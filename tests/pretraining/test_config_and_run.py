@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import yaml
-from pretrain_helpers import tiny_config
+from testlib.pretrain import tiny_config
 
 from rl_benchmarks.paths import CONF_ROOT
 from rl_benchmarks.pretraining.train import (

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from pretrain_helpers import tiny_config
+from testlib.pretrain import tiny_config
 
 from rl_benchmarks.pretraining.ibot import build_ibot_pair
 from rl_benchmarks.pretraining.monitor import MONITOR_KEYS, collapse_stats, effective_rank

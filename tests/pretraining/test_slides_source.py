@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from pretrain_helpers import tiny_config
+from testlib.pretrain import tiny_config
 
 from rl_benchmarks.pretraining.data import SlideTiles, read_slides_csv
 from rl_benchmarks.pretraining.train import PretrainError, build_tiles, train

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pretrain_helpers import tiny_config
+from testlib.pretrain import tiny_config
 
 from rl_benchmarks.pretraining.train import PretrainError, Trainer, make_config, train
 

@@ -55,7 +55,8 @@ def test_pen_marks_are_excluded_from_tissue():
     img = np.full((300, 400, 3), 240, np.uint8)
     img[50:250, 50:350] = (210, 130, 180)  # tissue
     img = np.clip(img.astype(int) + rng.integers(-5, 6, img.shape), 0, 255).astype(np.uint8)
-    strokes = {"blue": (30, 60, 190), "green": (30, 140, 90), "red": (225, 40, 60), "black": (15, 10, 12)}
+    strokes = {"blue": (30, 60, 190), "green": (30, 140, 90), "red": (225, 40, 60),
+               "black": (15, 10, 12)}
     truth = {}
     for i, (name, color) in enumerate(strokes.items()):
         m = np.zeros(img.shape[:2], bool)
@@ -86,7 +87,8 @@ def test_tile_slides_folder_failures_and_resume(tmp_path, layout_slide):
     assert not s.ok and s.n_slides == 3 and s.n_failed == 2
     coords = np.load(out / "good.tiff" / "coords.npy")
     assert coords.shape == (8, 3)
-    assert (out / "good.tiff" / "qc.png").is_file() and (out / "good.tiff" / "tiling.json").is_file()
+    assert (out / "good.tiff" / "qc.png").is_file()
+    assert (out / "good.tiff" / "tiling.json").is_file()
     with open(out / "failures.csv") as f:
         rows = {r["slide"].split("/")[-1]: r["error"] for r in csv.DictReader(f)}
     assert set(rows) == {"broken.tif", "nompp.tiff"}
@@ -106,7 +108,8 @@ def test_cli_exit_codes_and_reference_layout(tmp_path, layout_slide):
     assert ok == 0
     ref = tmp_path / "o2" / "coords_224" / "TCGA" / "TCGA_COAD" / layout_slide.name / "coords.npy"
     assert np.load(ref).shape == (8, 3)
-    assert run("tile", [f"slides={tmp_path / 'nothing.csv'}", f"output_dir={tmp_path}", "progress=false"]) == 2
+    assert run("tile", [f"slides={tmp_path / 'nothing.csv'}", f"output_dir={tmp_path}",
+                        "progress=false"]) == 2
 
 
 def test_hsv_matches_skimage():

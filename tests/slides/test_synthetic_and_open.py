@@ -54,7 +54,8 @@ def test_open_slide_errors_name_file_and_cause(tmp_path, layout_slide_nompp):
 
 def test_mpp_from_tiff_resolution_tags():
     assert mpp_from_properties({"openslide.mpp-x": "0.2527"}) == (0.2527, "openslide.mpp-x")
-    mpp, src = mpp_from_properties({"tiff.XResolution": "40000", "tiff.ResolutionUnit": "centimeter"})
+    mpp, src = mpp_from_properties({"tiff.XResolution": "40000",
+                                    "tiff.ResolutionUnit": "centimeter"})
     assert mpp == pytest.approx(0.25) and src == "tiff-resolution"
     mpp, _ = mpp_from_properties({"tiff.XResolution": "101600", "tiff.ResolutionUnit": "inch"})
     assert mpp == pytest.approx(0.25)

@@ -62,7 +62,8 @@ def test_background_only_slide_gives_zero_tiles_with_message(tmp_path):
 
 
 def test_level_choice_20x_40x_and_tolerance():
-    assert choose_level(100_000, 80_000, 0.25, 0.5).level == deepzoom_dimensions(100_000, 80_000).__len__() - 2
+    n_levels = len(deepzoom_dimensions(100_000, 80_000))
+    assert choose_level(100_000, 80_000, 0.25, 0.5).level == n_levels - 2
     c = choose_level(50_000, 40_000, 0.5, 0.5)
     assert c.level == c.level_count - 1 and c.downsample == 1
     c = choose_level(50_000, 40_000, 0.25, 1.0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from cv_testlib import ToyCohort, plain_run, trainer_cfg
 from hydra.utils import instantiate
+from testlib.cv import ToyCohort, plain_run, trainer_cfg
 
 from rl_benchmarks.trainers.ensemble_trainer import (
     EnsembleTrainer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from cv_testlib import ToyCohort, auc, pad_collate
+from testlib.cv import ToyCohort, auc, pad_collate
 from torch.utils.data import Subset
 
 from rl_benchmarks.models import MeanPool

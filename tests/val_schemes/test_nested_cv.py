@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cv_testlib import ToyCohort, trainer_cfg
+from testlib.cv import ToyCohort, trainer_cfg
 
 from rl_benchmarks.val_schemes import NestedCrossValidation
 

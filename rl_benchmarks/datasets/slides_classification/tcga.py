@@ -1,6 +1,6 @@
 """TCGA cohorts: histology tables (slides, coords, features) and the label files.
 
-Label rules (reference-system §5.2):
+Label rules (docs/protocol.md#tcga-labels):
 
 * ``OS``: ``survival_labels_<cohort>.csv`` (TCGA-CDR columns); signed time, ``+OS.time``
   for a death (``OS == 1``) and ``-OS.time`` when censored. A zero time is censored at

@@ -19,7 +19,14 @@ from torch import nn
 
 from rl_benchmarks.constants import IMAGENET_MEAN, IMAGENET_STD
 from rl_benchmarks.models.feature_extractors.core import ModuleExtractor
+from rl_benchmarks.models.feature_extractors.ibot_vit import recorded_num_heads  # noqa: F401 - re-exported
 from rl_benchmarks.models.feature_extractors.weights import WeightsError
+
+
+class ExportCheckError(WeightsError):
+    """The exported folder's features differ from the checkpoint's (a failed export, not
+    bad input: ``rlbench export-hf`` exits 1 on it)."""
+
 
 #: Weights a folder may hold that ``ViTModel(add_pooling_layer=False)`` does not use.
 _OPTIONAL_HF_KEYS = ("pooler.",)
@@ -291,27 +298,6 @@ def timm_vit_to_hf_v4(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return {k: v.detach().to(torch.float32).contiguous().clone() for k, v in out.items()}
 
 
-def recorded_num_heads(weights_path: str | os.PathLike) -> int | None:
-    """``num_heads`` of a checkpoint's ``arch`` record (``rlbench pretrain`` writes
-    ``{"teacher": ..., "arch": {"num_heads": ...}}``), else None. A state dict alone does
-    not say how many attention heads its ViT has; this record does."""
-    import argparse
-
-    path = Path(weights_path).expanduser()
-    if path.suffix == ".safetensors" or not path.is_file():
-        return None
-    try:  # memory-mapped: only the small record is read, not every tensor
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - unreadable here: the weights loader reports it
-        return None
-    arch = ckpt.get("arch") if isinstance(ckpt, dict) else None
-    heads = arch.get("num_heads") if isinstance(arch, dict) else None
-    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
-        return None
-    return heads
-
-
 def export_hf(
     weights_path: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -327,15 +313,18 @@ def export_hf(
     the offending keys); with ``architecture="auto"`` and no ``num_heads``, the heads come
     from the checkpoint's ``arch`` record when it has one (:func:`recorded_num_heads`).
     With ``verify``, the folder is loaded back with transformers and its CLS features are
-    compared with iBOTViT's on random tiles (max abs diff ≤ ``atol``).
+    compared with iBOTViT's on random tiles (max abs diff ≤ ``atol``; else
+    :class:`ExportCheckError`). ``num_heads=None`` is the same as not giving it. The
+    summary returned is also written as ``rlbench_export.json`` in the folder.
     """
     from safetensors.torch import save as st_save
 
     from rl_benchmarks.models.feature_extractors.ibot_vit import iBOTViT
     from rl_benchmarks.utils.io import atomic_open, sha256_file, write_json
 
-    if architecture == "auto" and vit_kwargs.get("num_heads") is None:
+    if vit_kwargs.get("num_heads") is None:  # not given (None: the same)
         vit_kwargs.pop("num_heads", None)
+    if architecture == "auto" and "num_heads" not in vit_kwargs:
         heads = recorded_num_heads(weights_path)
         if heads is not None:  # e.g. a `rlbench pretrain` export of a non-standard width
             vit_kwargs["num_heads"] = heads
@@ -367,8 +356,8 @@ def export_hf(
         diff = float((hf(x) - vit(x)).abs().max())
         summary["verify_max_abs_diff"] = diff
         if not diff <= atol:
-            raise WeightsError(f"export check failed: HF features differ from iBOTViT by {diff:.3g}"
-                               f" (> {atol}) for {out}")
+            raise ExportCheckError(f"export check failed: HF features differ from iBOTViT "
+                                   f"by {diff:.3g} (> {atol}) for {out}")
     write_json(out / "rlbench_export.json", summary)
     return summary
 

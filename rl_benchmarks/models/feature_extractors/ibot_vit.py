@@ -136,11 +136,46 @@ def standard_num_heads(embed_dim: int, weights_path: Any = None) -> int:
     return STANDARD_NUM_HEADS[embed_dim]
 
 
+def recorded_num_heads(weights_path: str | os.PathLike) -> int | None:
+    """``num_heads`` of a checkpoint's ``arch`` record (``rlbench pretrain`` writes
+    ``{"teacher": ..., "arch": {"num_heads": ...}}``), else None. A state dict alone does
+    not say how many attention heads its ViT has; this record does."""
+    import argparse
+
+    path = Path(weights_path).expanduser()
+    if path.suffix == ".safetensors" or not path.is_file():
+        return None
+    try:  # memory-mapped: only the small record is read, not every tensor
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable here: the weights loader reports it
+        return None
+    arch = ckpt.get("arch") if isinstance(ckpt, dict) else None
+    heads = arch.get("num_heads") if isinstance(arch, dict) else None
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        return None
+    return heads
+
+
+def auto_num_heads(embed_dim: int, weights_path: str | os.PathLike,
+                   num_heads: int | None = None) -> int:
+    """Heads of an ``architecture="auto"`` ViT: ``num_heads`` when given, else the
+    checkpoint's ``arch`` record (``rlbench pretrain`` exports hold one, for any width),
+    else the standard head count of ``embed_dim`` (an error for other widths)."""
+    if num_heads is not None:
+        return int(num_heads)
+    recorded = recorded_num_heads(weights_path)
+    if recorded is not None:
+        return recorded
+    return standard_num_heads(embed_dim, weights_path)
+
+
 class iBOTViT(Extractor):  # noqa: N801 - the reference's name
     """iBOT ViT extractor with the reference's signature.
 
     ``architecture``: ``vit_base_pancan`` (Phikon), ``vit_small``, ``vit_base``,
-    ``vit_large``, or ``auto`` (shape read from the checkpoint). ``encoder``: ``teacher``
+    ``vit_large``, or ``auto`` (shape read from the checkpoint; heads from ``num_heads``,
+    else the checkpoint's ``arch`` record, else the standard count). ``encoder``: ``teacher``
     (default) or ``student``. ``weights_path`` defaults to
     ``<data_dir>/weights/ibot_vit_base_pancan.pth`` for ``vit_base_pancan``; random
     weights need ``pretrained=False``. Extra keyword arguments (``embed_dim``, ``depth``,
@@ -183,9 +218,8 @@ class iBOTViT(Extractor):  # noqa: N801 - the reference's name
                 raise ValueError("architecture='auto' reads the shape from the weights: "
                                  "it needs pretrained=True and a weights_path")
             shape = infer_vit_shape(state)
-            shape["num_heads"] = vit_kwargs.pop("num_heads", None) or standard_num_heads(
-                shape["embed_dim"], weights_path
-            )
+            shape["num_heads"] = auto_num_heads(shape["embed_dim"], weights_path,
+                                                vit_kwargs.pop("num_heads", None))
         else:
             shape = dict(VIT_ARCHS[architecture])
         shape.update(vit_kwargs)

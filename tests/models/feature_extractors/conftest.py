@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from fe_testlib import IbotCkpt, write_ibot_checkpoint
+from testlib.extractors import IbotCkpt, write_ibot_checkpoint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from fe_testlib import TINY, write_ibot_checkpoint
 from PIL import Image
+from testlib.extractors import TINY, write_ibot_checkpoint
 
 from rl_benchmarks.models import create_extractor, iBOTViT
 from rl_benchmarks.models.feature_extractors import WeightsError

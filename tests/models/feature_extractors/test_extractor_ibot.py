@@ -1,6 +1,6 @@
 import pytest
 import torch
-from fe_testlib import TINY, write_ibot_checkpoint
+from testlib.extractors import TINY, write_ibot_checkpoint
 
 from rl_benchmarks.models import create_extractor, iBOTViT
 from rl_benchmarks.models.feature_extractors import WeightsError

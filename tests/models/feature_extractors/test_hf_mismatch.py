@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from fe_testlib import TINY
+from testlib.extractors import TINY
 
 from rl_benchmarks.models.feature_extractors import WeightsError
 from rl_benchmarks.models.feature_extractors.hf import (

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fe_testlib import make_vit
+from testlib.extractors import make_vit
 
 from rl_benchmarks.cli import main as cli
 from rl_benchmarks.models.feature_extractors.weights import (

@@ -106,10 +106,10 @@ def trainer_cfg(model: str = "MeanPool", task: str = "binary", num_epochs: int =
     """A TorchTrainer Hydra config over a toy cohort."""
     if task == "binary":
         criterion = {"_target_": "torch.nn.BCEWithLogitsLoss"}
-        metrics = {"auc": {"_target_": "cv_testlib.auc", "_partial_": True}}
+        metrics = {"auc": {"_target_": "testlib.cv.auc", "_partial_": True}}
     else:
-        criterion = {"_target_": "cv_testlib.CoxLoss"}
-        metrics = {"cindex": {"_target_": "cv_testlib.cindex", "_partial_": True}}
+        criterion = {"_target_": "testlib.cv.CoxLoss"}
+        metrics = {"cindex": {"_target_": "testlib.cv.cindex", "_partial_": True}}
     return OmegaConf.create({
         "_target_": "rl_benchmarks.trainers.TorchTrainer",
         "model": {**MODELS[model], "in_features": in_features, "out_features": 1},
@@ -121,7 +121,7 @@ def trainer_cfg(model: str = "MeanPool", task: str = "binary", num_epochs: int =
         "weight_decay": 0.0,
         "device": "cpu",
         "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True},
-        "collator": {"_target_": "cv_testlib.pad_collate", "_partial_": True},
+        "collator": {"_target_": "testlib.cv.pad_collate", "_partial_": True},
         "use_tqdm": False,
     })
 

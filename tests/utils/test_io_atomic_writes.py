@@ -1,4 +1,4 @@
-"""A crash while writing never leaves a half-written output (decisions §4, §7).
+"""A crash while writing never leaves a half-written output (outputs go to a temporary file, then are renamed).
 
 Each writer of ``rl_benchmarks.utils.io`` is made to fail between writing and renaming
 (an exception inside the block, a failing ``os.fsync`` or ``os.replace``, a writer that
