@@ -10,8 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 
 def main(cfg: DictConfig) -> int:
     """Draw the run's figures, build report.html, optionally screenshot it; 0 on success."""
-    from rl_benchmarks.reports.predictions import PredictionsError
     from rl_benchmarks.reports.report import build_report
+    from rl_benchmarks.val_schemes.predictions import PredictionsError
 
     if OmegaConf.is_missing(cfg, "run_dir"):
         print("rlbench report: give run_dir=<folder of a run>", file=sys.stderr)

@@ -302,8 +302,8 @@ def heatmaps_from_cv(
     """
     import torch
 
-    from rl_benchmarks.reports.predictions import load_predictions
     from rl_benchmarks.val_schemes.experiment import ExperimentFolder
+    from rl_benchmarks.val_schemes.predictions import load_predictions
 
     run = ExperimentFolder(Path(experiment_dir))
     exp = run.path

@@ -2,7 +2,7 @@
 
 Why: a nested CV run ends with a few numbers; these pictures show what is behind them
 (the spread over outer folds, how well predicted risk separates survival). Every function
-reads the out-of-fold predictions (see :mod:`rl_benchmarks.reports.predictions`) and
+reads the out-of-fold predictions (see :mod:`rl_benchmarks.val_schemes.predictions`) and
 writes a PNG atomically. The per-fold metrics are those of the cross-validation run,
 computed by the same functions of :mod:`rl_benchmarks.metrics` (AUC of the logits per
 fold, Harrell's c-index of ``-risk``); mean and population std over folds.
@@ -24,13 +24,13 @@ from rl_benchmarks.metrics import (
     compute_cindex,
     compute_mean_one_vs_all_auc,
 )
-from rl_benchmarks.reports.predictions import (
+from rl_benchmarks.utils.io import atomic_open
+from rl_benchmarks.val_schemes.predictions import (
     PredictionsError,
     fold_groups,
     load_predictions,
     score_matrix,
 )
-from rl_benchmarks.utils.io import atomic_open
 
 _DPI = 120
 

@@ -39,8 +39,8 @@ from rl_benchmarks.reports.plots import (
     results_table,
     roc_curves,
 )
-from rl_benchmarks.reports.predictions import PredictionsError, load_predictions
 from rl_benchmarks.utils.io import write_csv, write_text
+from rl_benchmarks.val_schemes.predictions import PredictionsError, load_predictions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".gif")
 FILE_SUFFIXES = (".csv", ".json", ".md", ".txt", ".log", ".yaml")

@@ -40,6 +40,7 @@ import pandas as pd
 
 from rl_benchmarks.utils.io import atomic_open, sha256_file, write_csv, write_json
 from rl_benchmarks.utils.safe_names import safe_name
+from rl_benchmarks.val_schemes.predictions import load_predictions, predictions_frame
 
 logger = logging.getLogger("rl_benchmarks.cv")
 
@@ -207,32 +208,6 @@ def plain_container(obj: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------
-# Predictions: the writer's frame and the reader in one place
-# --------------------------------------------------------------------------------------
-def predictions_frame(dataset: Any, indices: np.ndarray, labels: np.ndarray,
-                      logits: np.ndarray, fold: str) -> pd.DataFrame:
-    """One row per slide: fold, slide_id, patient_id, the target (``label``, or ``time`` and
-    ``event`` for survival), the score(s) (``score``, or ``score_0..`` for several logits)."""
-    frame = pd.DataFrame({
-        "fold": fold,
-        "slide_id": np.asarray(getattr(dataset, "slide_id", np.arange(len(dataset))))[indices],
-        "patient_id": np.asarray(dataset.patient_id)[indices],
-    })
-    y = np.asarray(labels, dtype=float).reshape(len(indices), -1)[:, 0]
-    if getattr(dataset, "task", None) == "survival":
-        frame["time"], frame["event"] = np.abs(y), (y > 0).astype(int)
-    else:
-        frame["label"] = y.astype(int) if np.all(np.isfinite(y)) else y
-    logits = np.asarray(logits, dtype=float).reshape(len(indices), -1)
-    if logits.shape[1] == 1:
-        frame["score"] = logits[:, 0]
-    else:
-        for k in range(logits.shape[1]):
-            frame[f"score_{k}"] = logits[:, k]
-    return frame
-
-
-# --------------------------------------------------------------------------------------
 # The folder
 # --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -340,11 +315,8 @@ class ExperimentFolder:
         return sorted((self.path / PREDICTIONS_DIR).glob("*.csv"))
 
     def read_predictions(self) -> pd.DataFrame:
-        """Every outer fold's predictions in one frame (the columns of :func:`predictions_frame`)."""
-        files = self.prediction_files()
-        if not files:
-            raise FileNotFoundError(f"{self.path / PREDICTIONS_DIR}: no predictions CSV")
-        return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+        """Every outer fold's predictions in one validated frame (:func:`load_predictions`)."""
+        return load_predictions(self.path / PREDICTIONS_DIR)
 
     def write_test_predictions(self, frame: pd.DataFrame) -> Path:
         path = self.path / TEST_PREDICTIONS

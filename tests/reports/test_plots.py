@@ -18,8 +18,8 @@ from rl_benchmarks.reports.plots import (
     risk_groups,
     roc_curves,
 )
-from rl_benchmarks.reports.predictions import PredictionsError, load_predictions
 from rl_benchmarks.utils.io import write_csv
+from rl_benchmarks.val_schemes.predictions import PredictionsError, load_predictions
 
 from ._data import binary_predictions, survival_predictions, write_per_fold
 

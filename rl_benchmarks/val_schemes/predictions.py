@@ -1,4 +1,5 @@
-"""Read the out-of-fold predictions that cross-validation writes, in either of two layouts.
+"""The out-of-fold predictions of cross-validation: the frame ``rlbench cv`` writes
+(:func:`predictions_frame`) and the reader of that and one other layout, in one place.
 
 Why: the pictures and the results table of a run are drawn from the test-fold predictions,
 so they need one reader that accepts both ways of storing them:
@@ -25,6 +26,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -171,6 +173,29 @@ def load_predictions(source: str | os.PathLike | pd.DataFrame | Iterable) -> pd.
         )
     frame.attrs["task"] = tasks.pop()
     frame.attrs["source"] = name
+    return frame
+
+
+def predictions_frame(dataset: Any, indices: np.ndarray, labels: np.ndarray,
+                      logits: np.ndarray, fold: str) -> pd.DataFrame:
+    """One row per slide: fold, slide_id, patient_id, the target (``label``, or ``time`` and
+    ``event`` for survival), the score(s) (``score``, or ``score_0..`` for several logits)."""
+    frame = pd.DataFrame({
+        "fold": fold,
+        "slide_id": np.asarray(getattr(dataset, "slide_id", np.arange(len(dataset))))[indices],
+        "patient_id": np.asarray(dataset.patient_id)[indices],
+    })
+    y = np.asarray(labels, dtype=float).reshape(len(indices), -1)[:, 0]
+    if getattr(dataset, "task", None) == "survival":
+        frame["time"], frame["event"] = np.abs(y), (y > 0).astype(int)
+    else:
+        frame["label"] = y.astype(int) if np.all(np.isfinite(y)) else y
+    logits = np.asarray(logits, dtype=float).reshape(len(indices), -1)
+    if logits.shape[1] == 1:
+        frame["score"] = logits[:, 0]
+    else:
+        for k in range(logits.shape[1]):
+            frame[f"score_{k}"] = logits[:, k]
     return frame
 
 
