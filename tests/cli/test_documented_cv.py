@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
-from testlib.cohorts import SMALL, write_cohort
+from testlib.cohorts import SMALL, with_feature_folders, write_cohort
 
 from rl_benchmarks.cli.cross_validation import preprocess_overrides
 from rl_benchmarks.cli.main import main as rlbench
@@ -35,22 +35,14 @@ def with_records(folder: Path, name: str = TIMM_NAME, odd: dict[str, str] | None
     """A CSV cohort whose slides have ``<slide>/features.npy`` + ``features.json`` records in
     the layout ``rlbench extract-slides`` writes (a ``settings`` block naming the extractor);
     ``odd`` gives some slides another extractor name."""
-    csv = write_cohort(folder)
-    frame = pd.read_csv(csv)
-    for i, row in frame.iterrows():
-        d = folder / "feats" / row["slide_id"]
-        d.mkdir(parents=True, exist_ok=True)
-        (folder / row["features_path"]).rename(d / "features.npy")
-        x = np.load(d / "features.npy")
-        extractor = (odd or {}).get(row["slide_id"], name)
+    def record(i, slide_id, x):
+        extractor = (odd or {}).get(slide_id, name)
         settings = {"extractor": extractor, "weights_sha256": "random-init", "tile_size": 224,
                     "mpp": 0.5, "n_tiles": 1000, "seed": 0}
-        record = {"extractor": {"name": extractor, "weights": "random-init"}, "settings": settings,
-                  "n_tiles": len(x), "shape": list(x.shape), "dtype": "float32"}
-        (d / "features.json").write_text(json.dumps(record))
-        frame.loc[i, "features_path"] = str(d / "features.npy")
-    frame.to_csv(csv, index=False)
-    return csv
+        return {"extractor": {"name": extractor, "weights": "random-init"}, "settings": settings,
+                "n_tiles": len(x), "shape": list(x.shape), "dtype": "float32"}
+
+    return with_feature_folders(folder, record)
 
 
 def cv(csv: Path, logs: Path, *extra: str) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
-from testlib.cohorts import SMALL, write_cohort
+from testlib.cohorts import SMALL, with_feature_folders, write_cohort
 
 from rl_benchmarks.cli.cross_validation import preprocess_overrides
 from rl_benchmarks.cli.main import main as rlbench
@@ -235,15 +235,9 @@ def _features_dirs(tmp_path: Path, sha: dict[str, str] | None = None,
                    settings: bool = False) -> Path:
     """A CSV cohort whose features sit in <slide>/features.npy with extraction records
     (with ``settings``: the record's own ``settings`` block, as extract-slides now writes)."""
-    csv = write_cohort(tmp_path)
-    frame = pd.read_csv(csv)
-    for i, row in frame.iterrows():
-        d = tmp_path / "feats" / row["slide_id"]
-        d.mkdir(parents=True, exist_ok=True)
-        (tmp_path / row["features_path"]).rename(d / "features.npy")
-        x = np.load(d / "features.npy")
+    def record_of(i, slide_id, x):
         record = {"extractor": {"name": "TinyViT", "weights": f"/somewhere/{i}.pth",
-                                "weights_sha256": (sha or {}).get(row["slide_id"], "ab" * 32)},
+                                "weights_sha256": (sha or {}).get(slide_id, "ab" * 32)},
                   "tile_size": 224, "mpp": 0.5, "n_tiles_requested": 1000, "seed": 0,
                   "random_sampling": False, "precision": "fp32", "package_version": f"0.{i}",
                   "config": {"output_dir": f"/out/{i}"}, "n_tiles": len(x),
@@ -251,10 +245,9 @@ def _features_dirs(tmp_path: Path, sha: dict[str, str] | None = None,
         if settings:
             record["settings"] = {"extractor": "TinyViT", "weights_sha256": record["extractor"][
                 "weights_sha256"], "tile_size": 224, "mpp": 0.5, "n_tiles": 1000, "seed": 0}
-        (d / "features.json").write_text(json.dumps(record))
-        frame.loc[i, "features_path"] = str(d / "features.npy")
-    frame.to_csv(csv, index=False)
-    return csv
+        return record
+
+    return with_feature_folders(tmp_path, record_of)
 
 
 @pytest.mark.parametrize("settings", [False, True], ids=["older-record", "settings-block"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from openslide.deepzoom import DeepZoomGenerator
+from testlib.slides import fake_deepzoom  # noqa: E402
 
 from rl_benchmarks.slides import geometry
 from rl_benchmarks.slides.geometry import (
@@ -21,27 +21,10 @@ from rl_benchmarks.slides.grid import grid_extents_level0
 SIZES = [(1, 1), (5, 3), (700, 452), (1000, 7), (2220, 2967), (4443, 3567)]
 
 
-def _fake_dz(size: tuple[int, int], tile_size: int) -> DeepZoomGenerator:
-    """A DeepZoomGenerator over a one-level slide of ``size`` (it reads only these
-    attributes to compute its geometry; no pixel is read)."""
-
-    class Fake:
-        level_count = 1
-        level_dimensions = (size,)
-        level_downsamples = (1.0,)
-        dimensions = size
-        properties: dict = {}
-
-        def get_best_level_for_downsample(self, d):
-            return 0
-
-    return DeepZoomGenerator(Fake(), tile_size=tile_size, overlap=0)
-
-
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("tile_size", [64, 100, 224])
 def test_levels_grid_and_boxes_equal_openslide(size, tile_size):
-    dz = _fake_dz(size, tile_size)
+    dz = fake_deepzoom(size, tile_size)
     assert deepzoom_dimensions(*size) == list(dz.level_dimensions)
     assert deepzoom_level_count(*size) == dz.level_count
     coords = []
@@ -76,7 +59,7 @@ def test_grid_extents_of_the_tiler_equal_the_boxes_of_the_heatmap():
 
 
 def test_grid_coords_whole_tiles_of_a_level():
-    dz = _fake_dz((700, 452), 64)
+    dz = fake_deepzoom((700, 452), 64)
     full = grid_coords(700, 452, 64)
     assert full.shape == ((700 // 64) * (452 // 64), 3) and full.dtype == np.int64
     assert (full[:, 0] == dz.level_count - 1).all()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from openslide import OpenSlide
 from openslide.deepzoom import DeepZoomGenerator
+from testlib.slides import fake_deepzoom
 
 from rl_benchmarks.slides import tiling
 from rl_benchmarks.slides.grid import choose_level, deepzoom_dimensions, tissue_fractions
@@ -20,17 +21,7 @@ from .conftest import EXPECTED
 
 @pytest.mark.parametrize("size", [(1, 1), (16, 16), (2220, 2967), (4443, 3567), (1000, 7)])
 def test_deepzoom_dimensions_match_openslide(tmp_path, size):
-    class Fake:  # DeepZoomGenerator only needs these attributes
-        level_count = 1
-        level_dimensions = (size,)
-        level_downsamples = (1.0,)
-        dimensions = size
-        properties: dict = {}
-
-        def get_best_level_for_downsample(self, d):
-            return 0
-
-    dz = DeepZoomGenerator(Fake(), tile_size=224, overlap=0)
+    dz = fake_deepzoom(size, 224)
     assert deepzoom_dimensions(*size) == list(dz.level_dimensions)
 
 

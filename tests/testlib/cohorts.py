@@ -43,3 +43,22 @@ SMALL = [
     "task.validation_scheme.trainer_cfg.batch_size=4",
     "device=cpu",
 ]
+
+
+def with_feature_folders(folder: Path, record_of) -> Path:
+    """The cohort of :func:`write_cohort`, its features moved to ``feats/<slide>/features.npy``
+    beside a ``features.json`` record built by ``record_of(index, slide_id, features)`` (the
+    layout ``rlbench extract-slides`` writes); returns the cohort CSV, which points at them."""
+    import json
+
+    csv = write_cohort(folder)
+    frame = pd.read_csv(csv)
+    for i, row in frame.iterrows():
+        d = folder / "feats" / row["slide_id"]
+        d.mkdir(parents=True, exist_ok=True)
+        (folder / row["features_path"]).rename(d / "features.npy")
+        x = np.load(d / "features.npy")
+        (d / "features.json").write_text(json.dumps(record_of(i, row["slide_id"], x)))
+        frame.loc[i, "features_path"] = str(d / "features.npy")
+    frame.to_csv(csv, index=False)
+    return csv

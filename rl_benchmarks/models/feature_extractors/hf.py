@@ -20,7 +20,7 @@ from torch import nn
 from rl_benchmarks.constants import IMAGENET_MEAN, IMAGENET_STD
 from rl_benchmarks.models.feature_extractors.core import ModuleExtractor
 from rl_benchmarks.models.feature_extractors.ibot_vit import recorded_num_heads  # noqa: F401 - re-exported
-from rl_benchmarks.models.feature_extractors.weights import WeightsError
+from rl_benchmarks.models.feature_extractors.weights import WeightsError, _short
 
 
 class ExportCheckError(WeightsError):
@@ -178,16 +178,12 @@ def _mismatch_report(folder: Path, config: dict) -> str:
               for k in sorted(want) if k in found and tuple(found[k]) != want[k]]
     parts = []
     if shapes:
-        parts.append(f"mismatched shapes: {_listing(shapes, 4)}")
+        parts.append(f"mismatched shapes: {_short(shapes, 4)}")
     if missing:
-        parts.append(f"missing keys: {_listing([f'{k} {want[k]}' for k in missing])}")
+        parts.append(f"missing keys: {_short([f'{k} {want[k]}' for k in missing])}")
     if unexpected:
-        parts.append(f"unexpected keys: {_listing([f'{k} {found[k]}' for k in unexpected])}")
+        parts.append(f"unexpected keys: {_short([f'{k} {found[k]}' for k in unexpected])}")
     return "; ".join(parts)
-
-
-def _listing(items: list[str], n: int = 8) -> str:
-    return ", ".join(items[:n]) + (f", … ({len(items)} in all)" if len(items) > n else "")
 
 
 def make_phikon_hf(
