@@ -454,10 +454,13 @@ def load_tile_frame(cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
 
             frame = load_image_folder(path)
         elif path.is_file():
-            frame = pd.read_csv(path)
+            from rl_benchmarks.datasets.validation import check_label_spellings, read_table
+
+            frame = read_table(path, "finetune data")
             missing = {"image_path", "label"} - set(frame.columns)
             if missing:
                 raise ValueError(f"finetune: {path} lacks the column(s) {sorted(missing)}")
+            check_label_spellings(frame["label"], path, "label")
             frame["image_path"] = [
                 str(p if Path(p).is_absolute() else path.parent / p) for p in frame["image_path"]
             ]

@@ -7,10 +7,12 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pandas as pd
+import pytest
 
 from rl_benchmarks.cli.main import run
 
 
+@pytest.mark.slow
 def test_demo_quick_produces_every_linked_file(tmp_path, capsys):
     out = tmp_path / "demo"
     assert run("demo", [f"output_dir={out}", "quick=true", "screenshot=false"]) == 0

@@ -130,6 +130,7 @@ def _outputs(root: Path) -> dict[str, bytes]:
             for p in sorted(root.rglob("*.npy"))}
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_files(slide_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     many = tmp_path / "many"  # enough work that the kill lands mid-run on a fast machine

@@ -68,6 +68,7 @@ def test_extract_tiles_resizes_like_the_reference_and_resumes(tmp_path):
     np.testing.assert_allclose(np.load(out / "tile_features.npy"), feats, atol=0, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_cmu_small_region_with_random_ibot_checkpoint(real_data, tmp_path):
     """iBOTViTBasePANCAN from a random checkpoint in the iBOT format gives (n, 771)."""

@@ -27,6 +27,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from rl_benchmarks import paths
+from rl_benchmarks.datasets.validation import check_label_spellings, read_table
 from rl_benchmarks.utils.safe_names import safe_name
 
 
@@ -209,12 +210,13 @@ def load_custom_data(cfg: DictConfig) -> ProbeData:
         source = str(c.labels_csv)
         if not Path(source).is_file():
             raise FileNotFoundError(f"custom.labels_csv not found: {source}")
-        frame = pd.read_csv(source)
+        frame = read_table(source, "custom.labels_csv")
         missing = [col for col in (c.id_column, c.label_column, c.split_column)
                    if col not in frame.columns]
         if missing:
             raise ValueError(f"{source}: missing column(s) {missing}; found {list(frame.columns)} "
                              "(set custom.id_column / label_column / split_column)")
+        check_label_spellings(frame[c.label_column], source, c.label_column)
         ids = frame[c.id_column]
         labels, class_names = _class_codes(frame[c.label_column], classes,
                                            f"{source}: column {c.label_column!r}")
