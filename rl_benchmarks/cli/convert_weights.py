@@ -1,8 +1,9 @@
-"""``rlbench convert-weights``: a checkpoint that needs full unpickling -> plain tensors.
+"""``rlbench convert-weights``: a checkpoint the safe loader refuses -> plain tensors.
 
-The rest of the package reads weights with ``torch.load(weights_only=True)`` only; this
-command is the one place a user may, explicitly (``trust=true``), unpickle a file they
-trust, once, to get a file the safe loader reads.
+The package reads weights with ``torch.load(weights_only=True)`` only. A checkpoint that
+also holds objects (a pickled ``nn.Module``, a config class) is refused there; this command
+reads it with inert stand-ins for those objects (no code of the file runs) and writes its
+tensors to a file the safe loader reads.
 """
 
 from __future__ import annotations
@@ -13,15 +14,10 @@ from omegaconf import DictConfig
 
 
 def main(cfg: DictConfig) -> int:
-    """Convert ``cfg.input`` into ``cfg.output``; exit 2 without ``trust=true``."""
+    """Convert ``cfg.input`` into ``cfg.output`` (bad input: one line, exit 2)."""
     from rl_benchmarks.models.feature_extractors.weights import convert_weights_file
 
-    if not bool(cfg.trust):
-        print(f"rlbench convert-weights: not converting {cfg.input}: loading it unpickles it "
-              f"in full, which runs any code the file carries; pass trust=true if you trust "
-              f"its source", file=sys.stderr)
-        return 2
-    summary = convert_weights_file(cfg.input, cfg.output, trust=True, key=cfg.get("key"))
+    summary = convert_weights_file(cfg.input, cfg.output, key=cfg.get("key"))
     print(f"rlbench convert-weights: {summary['n_tensors']} tensors written to "
           f"{summary['output']} (sha256 {summary['output_sha256'][:12]}…)")
     return 0

@@ -51,7 +51,7 @@ COMMANDS: dict[str, Command] = {
                     "end-to-end demo on generated slides: tiles, features, CV, pictures, report"),
     "convert-weights": Command(
         "rl_benchmarks.cli.convert_weights", "convert_weights", "config",
-        "convert a pickled checkpoint into a safe weights file (trust=true)"),
+        "convert a checkpoint with non-tensor objects into a safe weights file"),
 }
 
 

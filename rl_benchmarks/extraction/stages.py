@@ -272,5 +272,5 @@ def run_tiles(
         frame, out, extractor, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers),
         chunk_size=int(cfg.chunk_size), tile_size=tile_size, record=record,
         progress=bool(cfg.progress), overwrite=bool(cfg.get("overwrite", False)),
-        accept_legacy=bool(cfg.get("accept_legacy", False)), trust=bool(cfg.get("trust", False)),
+        accept_legacy=bool(cfg.get("accept_legacy", False)),
     )

@@ -7,8 +7,9 @@ atomically, so a killed run, re-run, resumes at the first missing chunk; the fin
 are assembled at the end and the chunks removed.
 
 * ``tile_ids.npy`` is a fixed-width unicode array, read with ``allow_pickle=False``. An
-  object array written by an older version needs unpickling: it is refused unless
-  ``trust=True`` (then read, and rewritten as fixed-width strings).
+  object array written by an older version is read through the plain-data unpickler of
+  :mod:`rl_benchmarks.utils.safe_pickle` (a crafted file is refused; no code runs) and, on
+  resume, rewritten as fixed-width strings.
 * Skips are never stale: the record (``rlbenchmarks_extraction_params.json``) and the
   chunks (``_chunks/settings.json``) hold the settings that define the features
   (:func:`tile_settings`: extractor, weights SHA-256 (of the parameters for random
@@ -97,27 +98,22 @@ class TileExtractionSummary:
                 f"outputs in {self.output_dir}" + (f" ({self.note})" if self.note else ""))
 
 
-def read_tile_ids(path: str | Path, trust: bool = False) -> np.ndarray:
-    """``tile_ids.npy`` as a str array, without unpickling; an object array (older
-    versions) is read only with ``trust=True``, else a one-line ValueError says so."""
-    return _load_ids(Path(path), trust)[0]
+def read_tile_ids(path: str | Path) -> np.ndarray:
+    """``tile_ids.npy`` as a str array; never ``allow_pickle=True`` (see the module
+    docstring for older object arrays)."""
+    return _load_ids(Path(path))[0]
 
 
-def _load_ids(path: Path, trust: bool) -> tuple[np.ndarray, bool]:
-    """(ids as str, whether the file was a pickled object array)."""
+def _load_ids(path: Path) -> tuple[np.ndarray, bool]:
+    """(ids as str, whether the file was an object array of an older version)."""
+    from rl_benchmarks.utils.safe_pickle import load_object_npy
+
     try:
         return np.asarray(np.load(path, allow_pickle=False)).astype(str), False
     except ValueError as exc:
         if "allow_pickle" not in str(exc):
             raise ValueError(f"cannot read {path}: {exc}") from exc
-        if not trust:
-            raise ValueError(
-                f"{path} is an object array (written by an older extract-tiles): reading it "
-                f"needs unpickling, which could run code; rerun extract-tiles with "
-                f"overwrite=true to rewrite it, or pass trust=true if you trust the file"
-            ) from exc
-    ids = np.load(path, allow_pickle=True)  # the user vouched for this file
-    return np.asarray(ids).astype(str), True
+    return load_object_npy(path).astype(str), True
 
 
 def _sha256_lines(values: list[str]) -> str:
@@ -155,12 +151,11 @@ def extract_tile_dataset(
     progress: bool = True,
     overwrite: bool = False,
     accept_legacy: bool = False,
-    trust: bool = False,
 ) -> TileExtractionSummary:
     """Extract features of every row of ``frame`` (in frame order) into ``output_dir``.
 
     Bad settings are a one-line ValueError before anything is written; see the module
-    docstring for skips (:class:`StaleOutputError`), ``trust`` and locking."""
+    docstring for skips (:class:`StaleOutputError`), older tile ids and locking."""
     missing = {"image_path", "image_id"} - set(frame.columns)
     if missing:
         raise ValueError(f"tile dataset frame lacks the column(s) {sorted(missing)}")
@@ -181,7 +176,7 @@ def extract_tile_dataset(
     locks.wait_lock(lock, on_wait=on_wait)
     try:
         summary = _extract_locked(frame, out, extractor, batch_size, num_workers, chunk_size,
-                                  tile_size, record, progress, overwrite, accept_legacy, trust)
+                                  tile_size, record, progress, overwrite, accept_legacy)
     finally:
         locks.release(lock)
     if waited and summary.n_chunks_done == 0:
@@ -196,7 +191,7 @@ def _stale(out: Path, what: str, diff: str) -> StaleOutputError:
 
 
 def _extract_locked(frame, out: Path, extractor, batch_size, num_workers, chunk_size,
-                    tile_size, record, progress, overwrite, accept_legacy, trust
+                    tile_size, record, progress, overwrite, accept_legacy
                     ) -> TileExtractionSummary:
     from tqdm.auto import tqdm
 
@@ -209,11 +204,11 @@ def _extract_locked(frame, out: Path, extractor, batch_size, num_workers, chunk_
         diff = (settings_diff(old, new) if isinstance(old, dict)
                 else "" if accept_legacy else "no record of their settings (legacy output)")
         if not diff:
-            ids, pickled = _load_ids(ids_path, trust)
+            ids, pickled = _load_ids(ids_path)
             if len(ids) != len(frame):
                 raise _stale(out, "tile features", f"{len(ids)} tile ids vs {len(frame)} tiles")
             if pickled:
-                io.save_npy(ids_path, ids)  # trusted legacy ids, rewritten as plain strings
+                io.save_npy(ids_path, ids)  # older object-array ids, rewritten as plain strings
             return TileExtractionSummary(str(out), len(ids), 0, 0, 0.0)
         if not overwrite:
             raise _stale(out, "tile features", diff)

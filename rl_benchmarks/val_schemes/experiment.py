@@ -23,12 +23,10 @@ of the same experiment from writing the same folder.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
 import os
-import pickle
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ import pandas as pd
 
 from rl_benchmarks.utils.io import atomic_open, sha256_file, write_csv, write_json
 from rl_benchmarks.utils.safe_names import safe_name
+from rl_benchmarks.utils.safe_pickle import RestrictedUnpickler, UnsafePickleError, load_legacy_pickle
 from rl_benchmarks.val_schemes.predictions import load_predictions, predictions_frame
 
 logger = logging.getLogger("rl_benchmarks.cv")
@@ -71,78 +70,12 @@ FEATURES_RECORD = "features.json"  # written beside features.npy by ``rlbench ex
 CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz")
 
 
-class UnsafePickleError(ValueError):
-    """A reference-format pickle asks for a global outside the plain-data allow-list."""
-
-
 class ExperimentLockedError(RuntimeError):
     """Another live process holds the experiment's lock file."""
 
 
 class NonFiniteMetricsError(ValueError):
     """Some outer-fold test metric is NaN or infinite: the run is not marked completed."""
-
-
-# --------------------------------------------------------------------------------------
-# Reference-format pickles, read through an allow-list
-# --------------------------------------------------------------------------------------
-_ALLOWED_GLOBALS: dict[str, frozenset[str]] = {
-    "builtins": frozenset({
-        "dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "bool", "str",
-        "bytes", "bytearray", "slice", "range",
-    }),
-    "collections": frozenset({"OrderedDict", "defaultdict"}),
-    "_codecs": frozenset({"encode"}),  # how protocol 2 stores bytes
-    "numpy": frozenset({"dtype", "ndarray"}),
-    "numpy._core.multiarray": frozenset({"_reconstruct", "scalar"}),
-    "numpy._core.numeric": frozenset({"_frombuffer"}),
-    "typing": frozenset({"Any"}),  # OmegaConf metadata (key/element types)
-    "omegaconf.dictconfig": frozenset({"DictConfig"}),
-    "omegaconf.listconfig": frozenset({"ListConfig"}),
-    "omegaconf.base": frozenset({"ContainerMetadata", "Metadata"}),
-    "omegaconf.nodes": frozenset({
-        "AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "BytesNode",
-    }),
-}
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickle plain data only: builtins containers and scalars, numpy arrays, dtypes and
-    scalars (the functions numpy's pickles call), ``collections.OrderedDict``/``defaultdict``
-    and the OmegaConf nodes of a pickled ``DictConfig``. Any other global (a callable that
-    could run code) raises :class:`UnsafePickleError` naming ``source`` and the global."""
-
-    def __init__(self, file: Any, source: str) -> None:
-        super().__init__(file)
-        self.source = source
-
-    def find_class(self, module: str, name: str) -> Any:
-        mod = "builtins" if module == "__builtin__" else module
-        if mod.startswith("numpy.core."):  # numpy 1.x spelling of numpy._core
-            mod = "numpy._core." + mod[len("numpy.core."):]
-        if name in _ALLOWED_GLOBALS.get(mod, ()):
-            if mod.startswith("numpy._core.") and not hasattr(np, "_core"):
-                mod = "numpy.core." + mod[len("numpy._core."):]  # numpy < 2
-            return super().find_class(mod, name)
-        raise UnsafePickleError(
-            f"{self.source}: refused to unpickle the global {module}.{name} (run folders are "
-            "read as plain data only; this file may be crafted to run code)"
-        )
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError(f"{self.source}: refused a persistent id in the pickle")
-
-
-def load_legacy_pickle(path: str | os.PathLike) -> Any:
-    """Read a reference-format pickle through :class:`RestrictedUnpickler`."""
-    path = Path(path)
-    data = path.read_bytes()
-    try:
-        return RestrictedUnpickler(io.BytesIO(data), str(path)).load()
-    except UnsafePickleError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any other failure: an unreadable file
-        raise ValueError(f"{path}: not a readable pickle ({type(err).__name__}: {err})") from None
 
 
 # --------------------------------------------------------------------------------------

@@ -212,7 +212,7 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
-def test_object_array_tile_ids_are_refused_without_trust(tmp_path, capsys):
+def test_object_array_tile_ids_are_read_as_plain_data_only(tmp_path, capsys):
     _make_nct(tmp_path / "data")
     folder = (tmp_path / "data" / "preprocessed" / "tiles_classification" / "features"
               / "TinyViT" / "NCT-CRC_FULL")
@@ -225,11 +225,11 @@ def test_object_array_tile_ids_are_refused_without_trust(tmp_path, capsys):
             f"logs_root_dir={tmp_path / 'logs'}", "portions=[1.0]", *FAST]
     assert run("linear-eval", args) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) <= 2 and "tile_ids.npy" in err and "trust=true" in err
-    assert not marker.exists()
-    # An old, benign object array is read when the user says they trust it.
+    assert len(err.splitlines()) <= 2 and "tile_ids.npy" in err
+    assert "refused to unpickle the global" in err and not marker.exists()
+    # An old, plain object array (strings only) is read as data.
     np.save(folder / "tile_ids.npy", np.array(list(ids), dtype=object), allow_pickle=True)
-    assert run("linear-eval", [*args, "++trust=true"]) == 0
+    assert run("linear-eval", args) == 0
 
 
 def test_stage_run_returns_the_tables_it_wrote(tmp_path, capsys):

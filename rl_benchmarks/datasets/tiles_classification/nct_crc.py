@@ -30,7 +30,7 @@ def load_nct_crc_labels(data_dir: str | os.PathLike | None = None) -> dict[str, 
             stacklevel=2,
         )
         return dict(constants.NCT_CRC_LABELS)
-    from rl_benchmarks.val_schemes.experiment import UnsafePickleError, load_legacy_pickle
+    from rl_benchmarks.utils.safe_pickle import UnsafePickleError, load_legacy_pickle
 
     try:
         labels = load_legacy_pickle(path)

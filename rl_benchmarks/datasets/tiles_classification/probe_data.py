@@ -78,9 +78,9 @@ def features_dir_for(cfg: DictConfig, cohort_folder: str) -> Path:
     return Path(root) / "tiles_classification" / "features" / safe_name(extractor) / cohort_folder
 
 
-def load_tile_features(folder: Path, trust: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def load_tile_features(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """``tile_features.npy`` (memory-mapped) and ``tile_ids.npy`` of ``folder``, neither
-    unpickled (an object-array ``tile_ids.npy`` of older versions only with ``trust``)."""
+    unpickled (an object-array ``tile_ids.npy`` of older versions is read as plain data)."""
     from rl_benchmarks.extraction.tiles import read_tile_ids
 
     feats_path, ids_path = folder / "tile_features.npy", folder / "tile_ids.npy"
@@ -95,7 +95,7 @@ def load_tile_features(folder: Path, trust: bool = False) -> tuple[np.ndarray, n
     except (ValueError, OSError) as exc:
         raise ValueError(f"cannot read {feats_path}: {exc}") from exc
     try:
-        ids = read_tile_ids(ids_path, trust=trust)
+        ids = read_tile_ids(ids_path)
     except OSError as exc:
         raise ValueError(f"cannot read {ids_path}: {exc}") from exc
     if feats.ndim != 2:
@@ -117,7 +117,7 @@ def load_reference_data(cfg: DictConfig) -> ProbeData:
 
     spec = REFERENCE_DATASETS[cfg.tile_dataset]
     folder = features_dir_for(cfg, f"{spec.cohort}_FULL")
-    feats, ids = load_tile_features(folder, trust=bool(cfg.get("trust", False)))
+    feats, ids = load_tile_features(folder)
     data_dir = cfg.get("data_dir") or None
     frames = [load_dataset(f"{spec.cohort}_TRAIN", data_dir=data_dir)]
     frames += [load_dataset(f"{spec.cohort}_{suffix}", data_dir=data_dir)
@@ -201,7 +201,7 @@ def load_custom_data(cfg: DictConfig) -> ProbeData:
     else:
         raise ValueError("tile_dataset=custom needs custom.features_dir (or custom.name)")
     name = str(c.name or folder.name)
-    feats, tile_ids = load_tile_features(folder, trust=bool(cfg.get("trust", False)))
+    feats, tile_ids = load_tile_features(folder)
     classes = list(c.classes) if c.classes else None
 
     if c.labels_csv and c.image_folder:

@@ -21,7 +21,7 @@ class WeightsError(ValueError):
 
 
 #: How to turn a file that needs full unpickling into one that does not.
-CONVERT_HINT = "rlbench convert-weights input={path} output={out} trust=true"
+CONVERT_HINT = "rlbench convert-weights input={path} output={out}"
 
 
 def read_weights_file(path: str | os.PathLike) -> Any:
@@ -59,7 +59,7 @@ def read_weights_file(path: str | os.PathLike) -> Any:
         out = path.with_name(path.stem + ".converted.pth")
         raise WeightsError(
             f"{path}: holds non-tensor objects ({shown}) that are not loaded, since "
-            f"unpickling them could run code; if you trust the file, convert it once with "
+            f"unpickling them could run code; convert it once (no code of the file runs) with "
             f"`{CONVERT_HINT.format(path=path, out=out)}` and use the converted file"
         ) from first
     text = str(first).strip().splitlines()[0] if str(first).strip() else type(first).__name__
@@ -225,19 +225,64 @@ def load_strict(
 
 
 # ------------------------------------------------------------------------- convert
+class InertObject:
+    """Stands in for a class or function a checkpoint names that the safe loader refuses
+    (a pickled ``nn.Module``, a custom config object, ...): it records its arguments and
+    pickled state and does nothing else, so none of the file's code runs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs, self.state = args, kwargs, None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def load_inert(path: str | os.PathLike) -> Any:
+    """``torch.load(weights_only=True)`` of ``path`` in which every global the safe loader
+    refuses is an :class:`InertObject` subclass of the same name. Tensors come back as
+    tensors; nothing in the file is executed. Torch's own block-list (``os``, ``sys``, ...)
+    still applies: a checkpoint naming those is refused."""
+    path = Path(path)
+    stand_ins = [(type(name.rpartition(".")[2], (InertObject,), {}), name)
+                 for name in unsafe_globals(path)]
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        text = str(err).strip().splitlines()
+        cause = next((line for line in text if "GLOBAL" in line), text[0] if text else "")
+        raise WeightsError(f"{path}: cannot be converted ({cause.strip()})") from err
+
+
+def _module_state(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The state dict of a pickled ``nn.Module`` read as :class:`InertObject` s (its
+    ``_parameters``, persistent ``_buffers`` and ``_modules``, as ``state_dict()`` gives)."""
+    out: dict[str, Any] = {}
+    transient = set(state.get("_non_persistent_buffers_set") or ())
+    for group in ("_parameters", "_buffers"):
+        for name, value in (state.get(group) or {}).items():
+            if isinstance(value, torch.Tensor) and name not in transient:
+                out[prefix + name] = value
+    for name, child in (state.get("_modules") or {}).items():
+        if isinstance(child, InertObject) and isinstance(child.state, Mapping):
+            out.update(_module_state(child.state, f"{prefix}{name}."))
+    return out
+
+
 def tensors_only(obj: Any, where: str = "") -> dict[str, Any]:
     """The tensors of a checkpoint object, keeping its nesting of dicts (``teacher``,
-    ``student``, ``state_dict``, ...): a ``nn.Module`` becomes its ``state_dict()``, any
+    ``student``, ``state_dict``, ...): a pickled ``nn.Module`` becomes its state dict, any
     other value (arguments, optimiser step, custom objects) is dropped."""
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
+    if isinstance(obj, InertObject) and isinstance(obj.state, Mapping) and "_modules" in obj.state:
+        obj = _module_state(obj.state)
     if not isinstance(obj, Mapping):
         raise WeightsError(f"checkpoint{where or ''} is a {type(obj).__name__}, not a dict of "
                            f"tensors")
     out: dict[str, Any] = {}
     for key, value in obj.items():
-        if isinstance(value, nn.Module):
-            value = value.state_dict()
+        if isinstance(value, InertObject) and isinstance(value.state, Mapping) \
+                and "_modules" in value.state:
+            value = _module_state(value.state)
         if isinstance(value, torch.Tensor):
             out[str(key)] = value.detach().cpu().contiguous().clone()
         elif isinstance(value, Mapping):
@@ -250,13 +295,13 @@ def tensors_only(obj: Any, where: str = "") -> dict[str, Any]:
 def convert_weights_file(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
-    trust: bool = False,
     key: str | None = None,
 ) -> dict[str, Any]:
-    """Rewrite a torch checkpoint that needs full unpickling as plain tensors.
+    """Rewrite a torch checkpoint that the safe loader refuses as plain tensors.
 
-    ``trust=True`` is required: the input is loaded with ``weights_only=False``, which runs
-    whatever code the file carries. The output (``.pth``/``.pt``/``.bin``: the nested dicts
+    The input is read by :func:`load_inert` (torch's ``weights_only`` unpickler, with inert
+    stand-ins for the objects it refuses), so no code of the file runs. The output
+    (``.pth``/``.pt``/``.bin``: the nested dicts
     of tensors, loadable with ``weights_only=True``; ``.safetensors``: one flat state dict,
     ``key`` naming the sub-dict to keep when there are several) is written atomically and
     read back with the safe loader before this returns a summary.
@@ -264,20 +309,13 @@ def convert_weights_file(
     from rl_benchmarks.utils.io import atomic_open, sha256_file
 
     src, dst = Path(input_path).expanduser(), Path(output_path).expanduser()
-    if not trust:
-        raise WeightsError(f"{src}: converting loads it with full unpickling, which runs any "
-                           f"code the file carries; pass trust=true if you trust its source")
     if not src.is_file():
         raise WeightsError(f"weights file {src} does not exist")
     if dst.suffix not in (".pth", ".pt", ".bin", ".safetensors"):
         raise WeightsError(f"output {dst}: expected a .pth, .pt, .bin or .safetensors name")
     if dst.resolve() == src.resolve():
         raise WeightsError(f"output {dst} is the input file: give another name")
-    try:
-        obj = torch.load(src, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise WeightsError(f"{src}: cannot read weights file ({err})") from err
-    tensors = tensors_only(obj)
+    tensors = tensors_only(load_inert(src))
     if key:
         if not isinstance(tensors.get(key), Mapping):
             raise WeightsError(f"{src}: no dict of tensors under key {key!r} (keys with "

@@ -1,5 +1,5 @@
 """Weights are never unpickled in full: a checkpoint carrying code is refused with the names
-of what it holds, and ``rlbench convert-weights trust=true`` is the one way to convert it."""
+of what it holds, and ``rlbench convert-weights`` converts it without running any of its code."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def convert_command(monkeypatch):
     """``convert-weights`` in the CLI's table (main.py is not edited by this change)."""
     monkeypatch.setitem(cli.COMMANDS, "convert-weights", cli.Command(
         "rl_benchmarks.cli.convert_weights", "convert_weights", "config",
-        "rewrite a checkpoint holding non-tensor objects as plain tensors (trust=true)"))
+        "rewrite a checkpoint holding non-tensor objects as plain tensors"))
 
 
 def test_pickle_globals_reads_global_and_stack_global_without_running():
@@ -67,7 +67,7 @@ def test_read_weights_file_never_unpickles_and_names_the_global(tmp_path):
     message = str(err.value)
     assert "\n" not in message
     assert str(path) in message and refused[0] in message
-    assert f"rlbench convert-weights input={path}" in message and "trust=true" in message
+    assert f"rlbench convert-weights input={path}" in message
     assert not marker.exists()
 
 
@@ -88,18 +88,14 @@ def test_extract_slides_and_finetune_never_run_the_payload(tmp_path, capsys):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.npy"))
 
 
-def test_convert_weights_needs_trust_then_gives_a_safe_file(tmp_path, convert_command, capsys):
+def test_convert_weights_never_runs_the_payload_and_gives_a_safe_file(tmp_path, convert_command,
+                                                                      capsys):
     from rl_benchmarks.models.feature_extractors import create_extractor
 
     path, marker, teacher = _evil_checkpoint(tmp_path)
     out = tmp_path / "clean.pth"
-    assert cli.main(["convert-weights", f"input={path}", f"output={out}"]) == 2
-    assert "trust=true" in capsys.readouterr().err
-    assert not marker.exists() and not out.exists()
-
-    assert cli.main(["convert-weights", f"input={path}", f"output={out}", "trust=true"]) == 0
-    assert marker.exists()  # trusted: the payload ran, once, in the converter only
-    marker.unlink()
+    assert cli.main(["convert-weights", f"input={path}", f"output={out}"]) == 0
+    assert not marker.exists()  # the payload's global was an inert stand-in
     ckpt = torch.load(out, map_location="cpu", weights_only=True)
     assert sorted(ckpt) == ["teacher"]  # the payload and the int are gone
     assert sorted(ckpt["teacher"]) == sorted(teacher)
@@ -113,8 +109,38 @@ def test_convert_weights_needs_trust_then_gives_a_safe_file(tmp_path, convert_co
     assert not marker.exists()
 
     flat = tmp_path / "clean.safetensors"
-    assert cli.main(["convert-weights", f"input={out}", f"output={flat}", "trust=true"]) == 2
+    assert cli.main(["convert-weights", f"input={out}", f"output={flat}"]) == 2
     assert "key=" in capsys.readouterr().err  # nested: say which sub-dict to keep
-    assert cli.main(["convert-weights", f"input={out}", f"output={flat}", "trust=true",
+    assert cli.main(["convert-weights", f"input={out}", f"output={flat}",
                      "key=teacher"]) == 0
     assert sorted(read_weights_file(flat)) == sorted(teacher)
+
+
+def test_convert_pickled_module_gives_its_state_dict(tmp_path, convert_command):
+    """A whole pickled ``nn.Module`` (classes the safe loader refuses) converts to exactly its
+    ``state_dict()``, without importing or running the module's class."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.GELU())
+    path, out = tmp_path / "module.pth", tmp_path / "module_clean.pth"
+    torch.save({"model": model, "epoch": 3}, path)
+    with pytest.raises(WeightsError, match="Sequential"):
+        read_weights_file(path)
+    assert cli.main(["convert-weights", f"input={path}", f"output={out}"]) == 0
+    got = torch.load(out, map_location="cpu", weights_only=True)
+    want = model.state_dict()
+    assert sorted(got) == ["model"] and sorted(got["model"]) == sorted(want)
+    for k, v in want.items():
+        torch.testing.assert_close(got["model"][k], v, rtol=0, atol=0)
+
+
+def test_convert_refuses_a_file_naming_blocked_modules(tmp_path, convert_command, capsys):
+    class Shell:
+        def __reduce__(self):
+            import os
+            return (os.system, ("true",))
+
+    path = tmp_path / "shell.pth"
+    torch.save({"w": torch.zeros(1), "x": Shell()}, path)
+    assert cli.main(["convert-weights", f"input={path}", f"output={tmp_path / 'o.pth'}"]) == 2
+    assert "cannot be converted" in capsys.readouterr().err
+    assert not (tmp_path / "o.pth").exists()
