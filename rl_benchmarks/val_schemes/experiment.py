@@ -354,8 +354,7 @@ def check_finite_test_metrics(test_metrics: Mapping[str, Mapping[str, Sequence[f
     metric is NaN or infinite (the run then stays "not completed")."""
     bad: dict[str, list[str]] = {}
     for metric, folds in test_metrics.items():
-        for fold, values in folds.items():
-            value = float(values[-1]) if len(values) else float("nan")
+        for fold, value in zip(folds, last_epoch_values(folds)):
             if not math.isfinite(value):
                 bad.setdefault(str(fold), []).append(f"{metric}={value}")
     if bad:

@@ -176,13 +176,19 @@ def load_predictions(source: str | os.PathLike | pd.DataFrame | Iterable) -> pd.
     return frame
 
 
+def _slide_ids(dataset: Any) -> Any:
+    """The dataset's slide ids, else positions (a dataset without ``slide_id``)."""
+    ids = getattr(dataset, "slide_id", None)
+    return np.arange(len(dataset)) if ids is None else ids
+
+
 def predictions_frame(dataset: Any, indices: np.ndarray, labels: np.ndarray,
                       logits: np.ndarray, fold: str) -> pd.DataFrame:
     """One row per slide: fold, slide_id, patient_id, the target (``label``, or ``time`` and
     ``event`` for survival), the score(s) (``score``, or ``score_0..`` for several logits)."""
     frame = pd.DataFrame({
         "fold": fold,
-        "slide_id": np.asarray(getattr(dataset, "slide_id", np.arange(len(dataset))))[indices],
+        "slide_id": np.asarray(_slide_ids(dataset))[indices],
         "patient_id": np.asarray(dataset.patient_id)[indices],
     })
     y = np.asarray(labels, dtype=float).reshape(len(indices), -1)[:, 0]
