@@ -5,8 +5,13 @@
     ``tile_slide`` (tissue detection + tiling) in a fresh process. Goal: <= 2 s, <= 1 GB.
 (b) tile read rate of our ``TileReader`` against ``DeepZoomGenerator.get_tile`` (+ the
     same conversion to a numpy array) on the same coordinates, 1 and 2 worker processes.
+(c) DICOM-WSI row (issue 19): tiles/s of ``TileReader`` on the shared DICOM-WSI sample
+    (a folder of 4 instances, read by OpenSlide through rl_benchmarks/slides/backends.py)
+    against the same pixels from the SVS it was converted from, and the cost of opening
+    (the DICOM folder's headers are read with pydicom first). Needs $RLB_REAL_DATA.
 
 Run: ``.venv/bin/python benchmarks/tiling.py [--quick]``; writes its section of BENCHMARKS.md.
+``--dicom-only`` runs (c) alone (seconds) and writes only its section ``tiling_dicom``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from rl_benchmarks.slides.synthetic import TissueIslands, write_pyramidal_tiff  # noqa: E402
-from rl_benchmarks.utils.bench import machine_description, write_section  # noqa: E402
+from rl_benchmarks.utils.bench import machine_description, real_data_root, write_section  # noqa: E402
 
 WORK = ROOT / "_work"
 
@@ -103,11 +108,88 @@ def bench_read(path: Path, coords: np.ndarray, workers: int, kind: str, tile_siz
         return n / (time.perf_counter() - t)
 
 
+def bench_dicom(rounds: int = 7, tile_size: int = 224) -> str:
+    """(c): the DICOM-WSI sample against its SVS, every tile of the full-resolution DeepZoom
+    level (border tiles included), ``rounds`` passes alternating the two (less drift on a
+    shared machine); returns the markdown of the ``tiling_dicom`` section ("" without data)."""
+    from rl_benchmarks.slides.geometry import deepzoom_dimensions, tile_grid
+    from rl_benchmarks.slides.reader import TileReader
+
+    root = real_data_root()
+    sources = {"DICOM-WSI folder (4 instances)": root / "slides/dicom-wsi/CMU-1-Small-Region",
+               "SVS (same JPEG tiles)": root / "slides/svs/CMU-1-Small-Region.svs"}
+    if not all(p.exists() for p in sources.values()):
+        print(f"(c) skipped: the DICOM-WSI sample or its SVS is missing under {root} (set RLB_REAL_DATA)")
+        return ""
+    dims = deepzoom_dimensions(2220, 2967)
+    level = len(dims) - 1
+    cols, rows = tile_grid(dims[level], tile_size)
+    coords = [(level, c, r) for r in range(rows) for c in range(cols)]
+    first = {}
+    opens: dict[str, list[float]] = {k: [] for k in sources}
+    for name, path in sources.items():  # open + first tile, fresh handle each time
+        for _ in range(5):
+            t = time.perf_counter()
+            reader = TileReader(path, tile_size)
+            reader.read(*coords[0])
+            opens[name].append(time.perf_counter() - t)
+            reader.close()
+        first[name] = TileReader(path, tile_size)
+    tiles = {name: [first[name].read(*c) for c in coords] for name in sources}
+    a, b = tiles.values()
+    identical = all(np.array_equal(x, y) for x, y in zip(a, b))
+    from openslide import OpenSlideCache
+
+    rates: dict[str, list[float]] = {k: [] for k in sources}
+    for _ in range(rounds):
+        for name, path in sources.items():
+            reader = TileReader(path, tile_size)
+            _ = reader.deepzoom  # opens the slide (not timed: see the open column)
+            reader._slide.set_cache(OpenSlideCache(0))  # every read decodes its JPEG tiles
+            t = time.perf_counter()
+            for c in coords:
+                reader.read(*c)
+            rates[name].append(len(coords) / (time.perf_counter() - t))
+            reader.close()
+    for name in sources:
+        print(f"(c) {name}: median {np.median(rates[name]):.0f} tiles/s, open+first tile "
+              f"{1e3 * np.median(opens[name]):.1f} ms")
+    (dn, dr), (sn, sr) = rates.items()
+    rows_md = "\n".join(
+        f"| {name} | {np.median(r):.0f} | {min(r):.0f}-{max(r):.0f} | {1e3 * np.median(opens[name]):.1f} |"
+        for name, r in rates.items())
+    return f"""## tiling: DICOM-WSI row (`benchmarks/tiling.py --dicom-only`)
+
+Machine: {machine_description()}. Shared with other agents while measured: rates are noisy;
+re-run on a quiet machine for numbers to quote.
+
+`TileReader.read` over all {len(coords)} tiles ({tile_size} px, full resolution, border tiles
+included) of `slides/dicom-wsi/CMU-1-Small-Region/` (OpenSlide 4 given the series' VOLUME
+instance, found by reading the folder's DICOM headers) and of the SVS it was converted from
+(JPEG tiles copied, not re-encoded); {rounds} passes each, alternating, each with a fresh
+handle and OpenSlide's tile cache off (the slide fits in the cache, which would otherwise
+hide decoding after the first pass). Pixels identical:
+**{identical}**.
+
+| source | tiles/s (median) | range over passes | open + first tile (ms, median of 5) |
+|---|---|---|---|
+{rows_md}
+| ratio DICOM / SVS | {np.median(dr) / np.median(sr):.2f} | | |
+"""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="20,000 x 16,000 px slide, fewer tiles")
     ap.add_argument("--n-read", type=int, default=3000, help="tiles read in (b)")
+    ap.add_argument("--dicom-only", action="store_true", help="only (c), the DICOM-WSI row")
     args = ap.parse_args()
+    if args.dicom_only:
+        md = bench_dicom()
+        if md:
+            write_section("tiling_dicom", md)
+            print(md)
+        return
     WORK.mkdir(parents=True, exist_ok=True)
     width, height = (20_000, 16_000) if args.quick else (100_000, 80_000)
     n_read = 500 if args.quick else args.n_read
@@ -159,6 +241,10 @@ order), tiles/s, each worker process reading its contiguous share with its own h
 """
     write_section("tiling", md)
     print(md)
+    md = bench_dicom()
+    if md:
+        write_section("tiling_dicom", md)
+        print(md)
 
 
 if __name__ == "__main__":

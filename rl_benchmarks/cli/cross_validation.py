@@ -20,8 +20,10 @@ completed and exits non-zero.
 reference is used with that cohort, and the loss and metrics follow the CSV's target
 (binary, multi-class or survival; :func:`rl_benchmarks.datasets.tasks.cohort_task_config`).
 
-This module holds the command only: the ``task=<csv>`` override rewriting, the printed
-summary and the exit codes.
+This module holds the command only: the ``task=<csv>`` override rewriting, the console
+(one header line, the progress bar of the runs, a short summary; ``verbose=true`` adds the
+log records and the full config, which is always written as ``config.yaml`` in the run
+folder) and the exit codes.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from rl_benchmarks.cli.console import header, quiet_logging, save_config
 from rl_benchmarks.cli.validation import hydra_quote
 from rl_benchmarks.datasets.tasks import CSV_TASK_TEMPLATE
 from rl_benchmarks.val_schemes.experiment import (
@@ -67,13 +70,51 @@ def preprocess_overrides(overrides: list[str]) -> list[str]:
     return out
 
 
+def _without_console_keys(cfg: DictConfig) -> tuple[DictConfig, bool]:
+    """(``cfg`` without ``verbose``, verbose): a console setting is not part of the run (it
+    neither enters the experiment's name nor its params.json)."""
+    verbose = bool(cfg.get("verbose", False))
+    if "verbose" not in cfg:
+        return cfg, verbose
+    out = cfg.copy()
+    with open_dict(out):
+        out.pop("verbose")
+    return out, verbose
+
+
+def _header(cfg: DictConfig) -> None:
+    """``rlbench cv: <task> · <model> (<outer> x <inner> folds) -> <logs root>/cross_validation``."""
+    from rl_benchmarks.val_schemes.experiment import logs_root, task_name
+
+    try:
+        params = OmegaConf.to_container(cfg, resolve=False)
+        task = task_name(params)
+    except Exception:  # noqa: BLE001 - a header never stops the run
+        task = "task"
+    model = str(OmegaConf.select(cfg, "model._target_", default="") or "").rsplit(".", 1)[-1]
+    vs = OmegaConf.select(cfg, "task.validation_scheme", default=None)
+    folds = ""
+    if vs is not None and "n_splits_outer" in vs:
+        folds = f" ({vs.get('n_splits_outer')} x {vs.get('n_splits_inner')} nested folds)"
+    try:
+        where = logs_root(cfg.get("logs_root_dir")) / "cross_validation"
+    except Exception:  # noqa: BLE001 - run_experiment reports a bad logs root itself
+        where = None
+    header("cv", " · ".join(p for p in (task, model) if p) + folds, where)
+
+
 def run_and_print(cfg: DictConfig) -> ExperimentResult:
-    """Run (or skip) the experiment and print what happened."""
+    """Run (or skip) the experiment and print what happened: a header line, the progress
+    bar, a short summary; the full config goes to ``<run folder>/config.yaml``."""
+    cfg, verbose = _without_console_keys(cfg)
+    quiet_logging(verbose)
+    _header(cfg)
     result = run_experiment(cfg)
     if result.skipped:
         print(f"rlbench cv: already completed, skipped: {result.folder}")
     else:
-        _print_summary(result.folder, result.summary)
+        save_config(cfg, result.folder, verbose)
+        _print_summary(result.folder, result.summary, verbose)
     return result
 
 
@@ -82,16 +123,20 @@ def run(cfg: DictConfig) -> Path:
     return run_and_print(cfg).folder
 
 
-def _print_summary(folder: Path, summary: dict[str, Any]) -> None:
+def _print_summary(folder: Path, summary: dict[str, Any], verbose: bool = False) -> None:
+    """Three lines: where, the features, the test metrics (mean ± std over the outer folds,
+    last epoch); the hyper-parameters selected per fold with ``verbose`` (they are in
+    ``selected_params.json``)."""
+    metrics = [(name, s) for name, s in summary["test"].items() if name != "loss"]
+    n_folds = max((len(s["folds"]) for _, s in metrics), default=0)
     lines = [f"rlbench cv: done in {summary['wall_time_s']:.0f} s -> {folder}",
-             f"  features: {summary.get('extractor') or 'unknown extractor (no record)'}"]
-    for name, s in summary["test"].items():
-        if name != "loss":
-            lines.append(f"  test {name}: {s['mean']:.4f} ± {s['std']:.4f} (last epoch, "
-                         f"{len(s['folds'])} outer folds)")
-    for key, p in summary["selected_params"].items():
-        lines.append(f"  {key}: lr={p.get('learning_rate')} wd={p.get('weight_decay')} "
-                     f"epochs={p.get('num_epochs')}")
+             f"  features: {summary.get('extractor') or 'unknown extractor (no record)'}",
+             "  test " + ", ".join(f"{name}: {s['mean']:.4f} ± {s['std']:.4f}" for name, s in metrics)
+             + f" (last epoch, {n_folds} outer folds)"]
+    if verbose:
+        for key, p in summary["selected_params"].items():
+            lines.append(f"  {key}: lr={p.get('learning_rate')} wd={p.get('weight_decay')} "
+                         f"epochs={p.get('num_epochs')}")
     if "test_cohort" in summary:
         t = summary["test_cohort"]
         lines.append(f"  test cohort {t['metric']}: {t['value']:.4f} "

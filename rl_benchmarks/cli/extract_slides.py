@@ -13,6 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from rl_benchmarks.cli.console import header, quiet_logging, save_config
+from rl_benchmarks.cli.encoders import spec_file_overrides as preprocess_overrides  # noqa: F401 - feature_extractor=<spec.yaml>
 from rl_benchmarks.extraction.stages import (  # noqa: F401 - apply_weights_path: old import path
     SlideSelectionError,
     apply_weights_path,
@@ -25,12 +27,16 @@ logger = logging.getLogger("rlbench.extract")
 
 
 def main(cfg: DictConfig) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    verbose = bool(cfg.get("verbose", False))
+    quiet_logging(verbose)
     dist = init_dist(cfg)
 
     def on_start(extractor, output_dir: Path) -> None:
-        if not extractor.record().get("pretrained", True) and dist.is_main:
-            print(f"extract-slides: {extractor.name} has RANDOM weights (pretrained=false)")
+        if not dist.is_main:
+            return
+        random = "" if extractor.record().get("pretrained", True) else " (RANDOM weights, pretrained=false)"
+        header("extract-slides", f"{extractor.name}{random} features of {cfg.slides or 'the cohort'}",
+               output_dir)
 
     try:
         summary = run_slides(cfg, dist, on_start=on_start)
@@ -48,6 +54,7 @@ def main(cfg: DictConfig) -> int:
             print(f"  failures listed in {Path(summary.output_dir) / 'failures.csv'}",
                   file=sys.stderr)
             code = 1
+        save_config(cfg, summary.output_dir, verbose)
     dist_utils.barrier(dist)
     dist_utils.shutdown(dist)
     return code

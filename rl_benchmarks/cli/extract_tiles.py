@@ -6,24 +6,31 @@ prints its summary.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 from omegaconf import DictConfig
 
+from rl_benchmarks.cli.console import header, quiet_logging, save_config
+from rl_benchmarks.cli.encoders import spec_file_overrides as preprocess_overrides  # noqa: F401 - feature_extractor=<spec.yaml>
 from rl_benchmarks.extraction.stages import run_tiles
 
 
 def main(cfg: DictConfig) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """Extract the tile dataset's features: a header line, the progress bar, the summary."""
+    verbose = bool(cfg.get("verbose", False))
+    quiet_logging(verbose)
+    where: list[Path] = []
 
     def on_start(extractor, output_dir: Path) -> None:
-        if not extractor.record().get("pretrained", True):
-            print(f"extract-tiles: {extractor.name} has RANDOM weights (pretrained=false)")
+        where.append(Path(output_dir))
+        random = "" if extractor.record().get("pretrained", True) else " (RANDOM weights, pretrained=false)"
+        header("extract-tiles", f"{extractor.name}{random} features of the tile dataset", output_dir)
 
     summary = run_tiles(cfg, on_start=on_start)
     print(f"extract-tiles: {summary.line()}")
+    if where:
+        save_config(cfg, where[0], verbose)
     return 0
 
 

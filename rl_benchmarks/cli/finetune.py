@@ -15,10 +15,19 @@ from rl_benchmarks.evaluation import finetune as ft
 
 
 def main(cfg: DictConfig) -> int:
+    """Fine-tune: a header line, the progress bar, the summary; the config to ``config.yaml``."""
+    from rl_benchmarks.cli.console import quiet_logging, save_config
+
+    verbose = bool(cfg.get("verbose", False))
+    quiet_logging(verbose)
+
     def on_start(run_cfg: ft.FinetuneConfig, classes: list[str],
                  splits: dict[str, pd.DataFrame]) -> None:
         if not cfg.pretrained:
             print("finetune: the backbone is RANDOMLY INITIALISED (pretrained=false)")
+        if run_cfg.feature_extractor:
+            print(f"finetune: encoder {run_cfg.feature_extractor}, {run_cfg.image_size}-px tiles, "
+                  f"mean {list(run_cfg.mean)}, std {list(run_cfg.std)}")
         print(f"finetune: mode={run_cfg.mode}, {len(classes)} classes, train/valid/test = "
               f"{len(splits['train'])}/{len(splits['valid'])}/{len(splits['test'])}")
 
@@ -30,6 +39,7 @@ def main(cfg: DictConfig) -> int:
         f"{m['accuracy']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}, "
         f"macro F1 {m['f1_macro']:.4f}\nfinetune: outputs in {result.output_dir}"
     )
+    save_config(cfg, result.output_dir, verbose)
     return 0
 
 

@@ -26,13 +26,13 @@ probe_data`, the probe in :mod:`rl_benchmarks.evaluation.linear_probe`.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig
 
+from rl_benchmarks.cli.console import quiet_logging
 from rl_benchmarks.datasets.tiles_classification.probe_data import ProbeData
 from rl_benchmarks.evaluation.linear_eval_run import run as run_stage
 from rl_benchmarks.evaluation.linear_probe import LinearProbeConfig, effective_workers
@@ -60,7 +60,12 @@ def _print_summary(tables: dict[str, pd.DataFrame], csvs: dict[str, Path], elaps
 
 def run_linear_evaluation(cfg: DictConfig) -> dict[str, Path]:
     """Run the probe described by ``cfg`` and print its summary; returns the CSV written per
-    evaluation set."""
+    evaluation set. The full config is in the run record (``run.json``); ``verbose=true``
+    prints it too."""
+    if cfg.get("verbose", False):
+        from omegaconf import OmegaConf
+
+        print(f"--- config ---\n{OmegaConf.to_yaml(cfg).rstrip()}\n---")
     result = run_stage(cfg, on_start=_print_start)
     _print_summary(result.tables, result.csvs, result.seconds)
     return result.csvs
@@ -68,7 +73,7 @@ def run_linear_evaluation(cfg: DictConfig) -> dict[str, Path]:
 
 def main(cfg: DictConfig) -> int:
     """``rlbench linear-eval key=value ...``; user errors print one line and exit 2."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_logging(bool(cfg.get("verbose", False)))
     try:
         run_linear_evaluation(cfg)
     except (ValueError, FileNotFoundError, KeyError) as exc:

@@ -5,14 +5,20 @@ primary file is ``<conf_name>.yaml`` and a module exposing ``main(cfg) -> int``.
 Overrides use Hydra's grammar (``key=value``, ``group=option``, ``+new=value``). Before a
 command runs, every value is type- and range-checked (:mod:`rl_benchmarks.cli.validation`):
 a bad one is a one-line error and exit code 2, with nothing written. See docs/cli.md.
+
+``-m``/``--multirun`` (sweeps through Hydra's launchers), ``--cfg`` and ``--info`` hand the
+command to Hydra's application machinery (:mod:`rl_benchmarks.cli.multirun`, docs/sweeps.md);
+each job of a sweep is composed and checked exactly as a single run.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from dataclasses import dataclass
 
+from rl_benchmarks.cli.multirun import APP_FLAGS, run_app, wants_app
 from rl_benchmarks.paths import CONF_ROOT
 
 
@@ -36,7 +42,8 @@ COMMANDS: dict[str, Command] = {
     "cv": Command("rl_benchmarks.cli.cross_validation", "slide_level_task/cross_validation", "config",
                   "nested cross-validation of a MIL model on a slide-level task"),
     "results": Command("rl_benchmarks.cli.results", "results", "config",
-                       "aggregate cross-validation experiments into one CSV"),
+                       ("aggregate cv experiments: the results CSV and the benchmark table "
+                        "(compare=a,b: paired statistics)")),
     "linear-eval": Command("rl_benchmarks.cli.linear_evaluation", "tile_level_task/linear_evaluation",
                            "config", "linear probe (and kNN) of tile features"),
     "heatmap": Command("rl_benchmarks.cli.heatmap", "heatmap", "config",
@@ -49,9 +56,13 @@ COMMANDS: dict[str, Command] = {
                         "LoRA (or linear) fine-tuning of a ViT extractor on a tile dataset"),
     "demo": Command("rl_benchmarks.cli.demo", "demo", "config",
                     "end-to-end demo on generated slides: tiles, features, CV, pictures, report"),
+    "benchmark": Command("rl_benchmarks.cli.benchmark", "benchmark", "config",
+                         "a suite's tasks x models x extractors as one cv sweep, then the table"),
     "convert-weights": Command(
         "rl_benchmarks.cli.convert_weights", "convert_weights", "config",
         "convert a checkpoint with non-tensor objects into a safe weights file"),
+    "encoders": Command("rl_benchmarks.cli.encoders", "encoders", "config",
+                        "list the registered tile encoders, or check= a weights file against one"),
 }
 
 
@@ -115,7 +126,19 @@ def compose_checked(command: str, overrides: list[str], check: bool = True):
                                       lambda group: _group_options(command, group))
         raise ConfigValueError(message) from None
     if check:
-        check_config(command, cfg, compose(command, groups))
+        check_config(command, cfg, _reference(command, tuple(groups)))
+    return cfg
+
+
+@functools.lru_cache(maxsize=64)
+def _reference(command: str, groups: tuple[str, ...]):
+    """The defaults of ``command`` with the group choices ``groups`` (what values are
+    checked against); cached, so that the jobs of a sweep compose each reference once.
+    Read only: :func:`~rl_benchmarks.cli.validation.check_config` does not change it."""
+    from omegaconf import OmegaConf
+
+    cfg = compose(command, list(groups))
+    OmegaConf.set_readonly(cfg, True)
     return cfg
 
 
@@ -124,6 +147,8 @@ def _usage() -> str:
     lines = [
         "usage: rlbench <command> [key=value ...]",
         "       rlbench <command> --help   (every key: its default and what it means)",
+        "       rlbench <command> -m key=a,b ...   (a Hydra sweep: one job per combination,"
+        " docs/sweeps.md)",
         "",
         "commands:",
     ]
@@ -163,12 +188,17 @@ def run(command: str, overrides: list[str]) -> int:
         print(f"rlbench: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command].module)
+    helping = any(a in ("-h", "--help") for a in overrides)
+    if not helping and wants_app(overrides):  # -m/--multirun, --cfg, --info: Hydra's app
+        spec = COMMANDS[command]
+        return run_app(command, spec.module, CONF_ROOT / spec.conf_dir, spec.conf_name,
+                       overrides, compose_checked)
     # A command may rewrite its overrides first (e.g. ``cv task=<cohort.csv>``).
     rewrite = getattr(module, "preprocess_overrides", None)
     if rewrite is not None:
         overrides = rewrite(list(overrides))
-    if any(a in ("-h", "--help") for a in overrides):
-        print(help_text(command, [a for a in overrides if a not in ("-h", "--help")]))
+    if helping:
+        print(help_text(command, [a for a in overrides if a not in ("-h", "--help", *APP_FLAGS)]))
         return 0
     cfg = compose_checked(command, overrides)  # bad values stop here, before any work
     code = module.main(cfg)

@@ -8,9 +8,10 @@ this module prints its summary (rank 0) and maps user errors to exit code 2.
 
 from __future__ import annotations
 
+import os
 import sys
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 def summary_lines(result) -> list[str]:
@@ -25,15 +26,22 @@ def summary_lines(result) -> list[str]:
 
 def main(cfg: DictConfig) -> int:
     """Run the pre-training; user errors print one line and return 2."""
+    from rl_benchmarks.cli.console import header, quiet_logging, save_config
     from rl_benchmarks.pretraining import PretrainError, run
     from rl_benchmarks.slides.openslide_io import SlideError
 
+    verbose = bool(cfg.get("verbose", False))
+    quiet_logging(verbose)
+    if int(os.environ.get("RANK", "0")) == 0:
+        where = None if OmegaConf.is_missing(cfg, "output_dir") else cfg.output_dir
+        header("pretrain", f"iBOT pre-training of {cfg.model.get('arch', 'a ViT')}", where)
     try:
         result = run(cfg)
     except (PretrainError, FileNotFoundError, ValueError, SlideError) as e:
         print(f"rlbench pretrain: error: {e}", file=sys.stderr)
         return 2
     if result.is_main:
+        save_config(cfg, cfg.output_dir, verbose)
         for line in summary_lines(result):
             print(line, file=sys.stderr)
     return 0

@@ -15,11 +15,17 @@ from omegaconf import DictConfig
 
 def main(cfg: DictConfig) -> int:
     """Run :func:`rl_benchmarks.slides.tiling.tile_slides`; exit 1 if any slide failed."""
+    from rl_benchmarks.cli.console import header, quiet_logging, save_config
     from rl_benchmarks.slides.tiling import tile_slides
 
     if cfg.output_dir is None and cfg.layout != "reference":
         print("rlbench tile: output_dir=<folder> is required", file=sys.stderr)
         return 2
+    verbose = bool(cfg.get("verbose", False))
+    quiet_logging(verbose)
+    where = cfg.output_dir if cfg.output_dir is not None else "<data_dir>/preprocessed/slides_classification/coords"
+    header("tile", f"tissue detection and {cfg.tile_size}-px tiles at {cfg.target_mpp} µm/px of {cfg.slides}",
+           where)
     try:
         summary = tile_slides(
             slides=os.path.expanduser(str(cfg.slides)),
@@ -38,8 +44,14 @@ def main(cfg: DictConfig) -> int:
             layout=str(cfg.layout),
             progress=bool(cfg.progress),
             data_dir=cfg.get("data_dir"),
+            annotations=None if cfg.get("annotations") in (None, "") else os.path.expanduser(str(cfg.annotations)),
+            include_classes=None if cfg.get("include_classes") is None else [str(c) for c in cfg.include_classes],
+            exclude_classes=None if cfg.get("exclude_classes") is None else [str(c) for c in cfg.exclude_classes],
+            reader=str(cfg.get("reader") or "auto"),
         )
     except ValueError as err:
         print(f"rlbench tile: {err}", file=sys.stderr)
         return 2
+    if cfg.output_dir is not None:  # after the run: a refused input leaves no folder behind
+        save_config(cfg, cfg.output_dir, verbose)
     return 0 if summary.ok else 1

@@ -208,9 +208,14 @@ RULES: dict[str | tuple[str, str], Rule] = {
     # fractions and probabilities
     **{k: _FRACTION for k in (
         "min_tissue", "alpha", "hflip", "vflip", "jitter_p", "blur_global1", "blur_global2",
-        "blur_local", "solarize_global2", "probability", "momentum_teacher", "center_momentum",
+        "blur_local", "solarize_global2", "stain_jitter_p", "probability", "momentum_teacher", "center_momentum",
         "center_momentum2")},
     "hue": _num(0.0, 0.5),
+    ("extract-slides", "shard"): _NONNEG_INT,
+    ("extract-slides", "num_shards"): _POS_INT,
+    ("heatmap", "top_percent"): _num(0.0, 100.0, low_open=True),
+    ("heatmap", "lesion_threshold"): _FRACTION_OPEN,
+    "stain_jitter": _num(0.0, 1.0),
     "lora_dropout": _num(0.0, 1.0, high_open=True),
     "drop_path_rate": _num(0.0, 1.0, high_open=True),
     "confidence_level": _num(0.0, 1.0, low_open=True, high_open=True),

@@ -51,6 +51,23 @@ def scan(
     return frame.drop_duplicates(subset="slide_id", keep="first").reset_index(drop=True)
 
 
+def scan_features(
+    folder: str | os.PathLike | None,
+    folder_id: Callable[[Path], str],
+    file_id: Callable[[Path], str],
+) -> pd.DataFrame:
+    """``[slide_id, features_path]`` of a features folder, in this order of preference per
+    slide: ``<slide>/features.npy``, ``<slide>/features.h5`` (``rlbench extract-slides``
+    layouts) and TRIDENT/CLAM's flat ``<slide>.h5`` (docs/interop.md)."""
+    parts = [
+        scan(folder, "*/features.npy", "features_path", folder_id),
+        scan(folder, "*/features.h5", "features_path", folder_id),
+        scan(folder, "*.h5", "features_path", file_id),
+    ]
+    frame = pd.concat(parts, ignore_index=True)
+    return frame.drop_duplicates(subset="slide_id", keep="first").reset_index(drop=True)
+
+
 def outer_merge(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Outer-merge tables on ``slide_id``."""
     out = frames[0]

@@ -240,22 +240,31 @@ def warn_missing_features(slide_ids: Sequence[str], source: object, n_total: int
     if len(slide_ids) == 0:
         return
     warnings.warn(
-        f"{source}: {len(slide_ids)} of {n_total} slide(s) have no features.npy and are "
-        f"left out: {_short_list(sorted(map(str, slide_ids)))}",
+        f"{source}: {len(slide_ids)} of {n_total} slide(s) have no features file (features.npy "
+        f"or .h5) and are left out: {_short_list(sorted(map(str, slide_ids)))}",
         MissingFeaturesWarning,
         stacklevel=3,
     )
 
 
 def check_features_file(path: str | os.PathLike) -> tuple[int, int]:
-    """Open ``features.npy`` memory-mapped; return (n_tiles, width). Raise naming the file
-    when it cannot be read or is not a (N, 3+D) matrix."""
+    """Open ``features.npy`` memory-mapped (or an h5 feature file's metadata); return
+    (n_tiles, width) with width = 3 + D. Raise naming the file when it cannot be read or is
+    not a (N, 3+D) matrix (an h5 without ``coords`` included)."""
     try:
         empty = Path(path).stat().st_size == 0
     except OSError as exc:
         raise MissingFileError(f"features file not found: {path} ({exc.strerror})") from None
     if empty:
         raise CohortError(f"{path}: features file is empty (0 bytes); re-extract this slide")
+    from rl_benchmarks.datasets.h5_features import H5FeaturesError, h5_shape, is_h5
+
+    if is_h5(path):
+        try:
+            n, d = h5_shape(path)
+        except H5FeaturesError as exc:
+            raise CohortError(str(exc)) from None
+        return n, d + 3
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:

@@ -6,9 +6,18 @@ query and value projections and a trainable classifier head, AdamW lr 5e-3, batc
 best model kept by validation accuracy. ``mode="linear"`` runs the same loop with a frozen
 backbone and a linear head so the gain from LoRA is measured side by side.
 
-The backbone is always a ``transformers.ViTModel``. It is built from an owkin/phikon-style
-folder, from an iBOT checkpoint (converted in memory), or from random weights when asked for
-explicitly (``pretrained=False``, tests and smoke runs).
+Without ``feature_extractor`` the backbone is a ``transformers.ViTModel``, built from an
+owkin/phikon-style folder, from an iBOT checkpoint (converted in memory), or from random
+weights when asked for explicitly (``pretrained=False``, tests and smoke runs).
+
+With ``feature_extractor=<registered name>`` (any name of
+:func:`~rl_benchmarks.models.feature_extractors.create_extractor`: UNI, Virchow2, H-optimus,
+a ``timm:<arch>``, an encoder spec YAML ...) the backbone is built through the registry,
+exactly as for extraction (weights loading, output rule, mean/std, tile size), and the
+classifier sits on its features. LoRA goes on timm ViT blocks' ``attn.qkv`` (optionally
+``attn.proj``) or on transformers' query/value projections. Its outputs are safetensors:
+``adapter/``, ``merged/`` (the backbone with the adapters merged, loadable by the registry
+under the same name) and ``classifier_head.safetensors`` (:func:`load_encoder_classifier`).
 """
 
 from __future__ import annotations
@@ -61,7 +70,12 @@ class FinetuneConfig:
     num_workers: int = 0
     seed: int = 0
     augment: bool = True
+    stain_jitter: float = 0.0  # HED jitter strength (0: off); rl_benchmarks.slides.stain
     max_steps_per_epoch: int | None = None
+    feature_extractor: str | None = None  # a registered encoder (None: the Phikon ViTModel path)
+    lora_proj: bool = False  # registry encoders: LoRA on the attention output projection too
+    mean: tuple[float, ...] = IMAGENET_MEAN  # normalisation (a registry encoder's own)
+    std: tuple[float, ...] = IMAGENET_STD
 
 
 @dataclass
@@ -234,12 +248,18 @@ class TileImageDataset(Dataset):
         return self.transform(image), int(self.labels[index])
 
 
-def make_transforms(image_size: int, train: bool, augment: bool = True):
+def make_transforms(image_size: int, train: bool, augment: bool = True, stain_jitter: float = 0.0,
+                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
     """The tutorial's transforms: RandomResizedCrop + flip for training, Resize + CenterCrop
-    for evaluation, then ImageNet normalisation."""
+    for evaluation, then normalisation by ``mean``/``std`` (ImageNet's, or a registry
+    encoder's). ``stain_jitter > 0`` adds HED stain jitter of that strength to training
+    images (half of them; :mod:`rl_benchmarks.slides.stain`)."""
     from torchvision import transforms as T
 
-    norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    from rl_benchmarks.slides.stain import RandomStainJitter
+
+    jitter = [RandomStainJitter(stain_jitter)] if train and augment and stain_jitter > 0 else []
+    norm = [T.ToTensor(), *jitter, T.Normalize(tuple(mean), tuple(std))]
     if train and augment:
         return T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), *norm])
     return T.Compose([T.Resize(image_size), T.CenterCrop(image_size), *norm])
@@ -328,17 +348,22 @@ def train(
     backbone = getattr(model, "backbone", None)  # ViTClassifier, or peft's wrapper of one
     if backbone is not None:
         check_image_size(backbone, cfg.image_size)
+    encoder_size = getattr(model, "encoder_tile_size", None)  # EncoderClassifier
+    if encoder_size is not None:
+        check_encoder_image_size(getattr(model, "encoder_name", "the encoder"), encoder_size,
+                                 cfg.image_size)
     set_seed(cfg.seed)
     device = parse_device(cfg.device).primary
     model.to(device)
     pin = device.type == "cuda"
     gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(
-        TileImageDataset(splits["train"], make_transforms(cfg.image_size, True, cfg.augment)),
+        TileImageDataset(splits["train"], make_transforms(cfg.image_size, True, cfg.augment, cfg.stain_jitter,
+                                                          cfg.mean, cfg.std)),
         batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
         pin_memory=pin, generator=gen, drop_last=False,
     )
-    eval_tf = make_transforms(cfg.image_size, False)
+    eval_tf = make_transforms(cfg.image_size, False, mean=cfg.mean, std=cfg.std)
     val_loader = DataLoader(TileImageDataset(splits["valid"], eval_tf), batch_size=cfg.batch_size,
                             num_workers=cfg.num_workers, pin_memory=pin)
     test_loader = DataLoader(TileImageDataset(splits["test"], eval_tf), batch_size=cfg.batch_size,
@@ -532,7 +557,10 @@ def config_of(cfg: DictConfig) -> FinetuneConfig:
         weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, num_epochs=cfg.num_epochs,
         image_size=cfg.image_size, precision=cfg.precision, device=str(cfg.device),
         num_workers=cfg.num_workers, seed=cfg.seed, augment=cfg.augment,
+        stain_jitter=cfg.stain_jitter,
         max_steps_per_epoch=cfg.max_steps_per_epoch,
+        feature_extractor=cfg.get("feature_extractor") or None,
+        lora_proj=bool(cfg.get("lora_proj", False)),
     )
 
 
@@ -552,6 +580,8 @@ def run(
     frame, classes = load_tile_frame(cfg)
     splits = make_splits(frame, cfg)
     run_cfg = config_of(cfg)
+    if run_cfg.feature_extractor:
+        return _run_encoder(cfg, run_cfg, classes, splits, on_start)
     vit_kwargs = dict(OmegaConf.to_container(cfg.vit)) | {"image_size": cfg.image_size}
     backbone = load_vit_backbone(cfg.weights_path, cfg.pretrained, cfg.encoder, vit_kwargs,
                                  num_heads=OmegaConf.select(cfg, "num_heads"))
@@ -561,6 +591,206 @@ def run(
     model, result = train(model, splits, run_cfg)
     result.classes = classes
     save_outputs(model, result, run_cfg, cfg.output_dir, extra_record={
+        "weights_path": cfg.weights_path, "pretrained": cfg.pretrained,
+        "hydra_config": OmegaConf.to_container(cfg),
+    })
+    return result
+
+
+# --------------------------------------------------------------------------- registry encoders
+
+#: LoRA targets per body: timm ViT blocks (fused qkv; the output projection optional) and
+#: transformers ViT/Dinov2 attention (query/value; the output projection optional).
+TIMM_QKV, TIMM_PROJ = "attn.qkv", "attn.proj"
+_HF_PROJ_NAMES = ("attention.o_proj", "attention.output.dense")
+
+
+class EncoderClassifier(nn.Module):
+    """A registry extractor's network (normalised images -> features by the encoder's output
+    rule: CLS, CLS ⊕ mean, CONCH's pooler) and a linear ``classifier`` on those features."""
+
+    def __init__(self, network: nn.Module, feature_dim: int, n_classes: int,
+                 tile_size: int | None = None, name: str = "encoder") -> None:
+        super().__init__()
+        self.backbone = network
+        self.classifier = nn.Linear(int(feature_dim), n_classes)
+        #: the size :func:`train` checks ``image_size`` against (the encoder's tile size)
+        self.encoder_tile_size = None if tile_size is None else int(tile_size)
+        self.encoder_name = name
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.backbone(pixel_values))
+
+
+def load_encoder(
+    name: str,
+    weights_path: str | Path | None,
+    pretrained: bool = True,
+    output: str | None = None,
+    encoder_kwargs: dict[str, Any] | None = None,
+):
+    """The registry extractor ``name`` in fp32 on the CPU, built as for extraction
+    (:func:`~rl_benchmarks.models.feature_extractors.create_extractor`: strict weights
+    loading, output rule, mean/std, tile size). ``encoder_kwargs`` go to the builder (e.g.
+    ``depth=1, img_size=32`` for tiny test models). Only extractors whose forward is their
+    network's can be fine-tuned (every ViT and CNN of the registry)."""
+    from rl_benchmarks.models.feature_extractors import create_extractor
+
+    kwargs = dict(encoder_kwargs or {})
+    if output:
+        kwargs["output"] = output
+    ext = create_extractor(name, weights_path=weights_path, pretrained=pretrained, device=-1,
+                           precision="fp32", **kwargs)
+    if ext._network() is None:
+        raise ValueError(f"finetune: {name} has a custom forward and cannot be fine-tuned here")
+    return ext
+
+
+def check_encoder_image_size(name: str, tile_size: int, image_size: int) -> None:
+    """``image_size`` must be the encoder's tile size (the size extraction feeds it)."""
+    if int(image_size) != int(tile_size):
+        raise ValueError(f"finetune: image_size={image_size} does not fit {name}, whose tile size is "
+                         f"{tile_size}: pass image_size={tile_size}")
+
+
+def encoder_lora_targets(network: nn.Module, proj: bool = False) -> list[str]:
+    """LoRA target modules of a registry network: ``attn.qkv`` (+ ``attn.proj``) for timm ViT
+    blocks, the query/value projections (+ the attention output) for transformers models."""
+    linear = {name for name, m in network.named_modules() if isinstance(m, nn.Linear)}
+    if any(n == TIMM_QKV or n.endswith("." + TIMM_QKV) for n in linear):
+        return [TIMM_QKV, TIMM_PROJ] if proj else [TIMM_QKV]
+    leaves = {n.rsplit(".", 1)[-1] for n in linear}
+    for pair in _QV_NAMES:
+        if set(pair) <= leaves:
+            extra = [p for p in _HF_PROJ_NAMES if any(n.endswith("." + p) for n in linear)]
+            return list(pair) + (extra[:1] if proj else [])
+    raise ValueError("finetune: mode=lora needs a ViT body (timm blocks with attn.qkv or transformers "
+                     "query/value projections); this encoder has none: use mode=linear")
+
+
+def build_encoder_model(ext: Any, n_classes: int, cfg: FinetuneConfig) -> nn.Module:
+    """Wrap a registry extractor for ``cfg.mode``: a frozen backbone + linear head, or LoRA
+    adapters (:func:`encoder_lora_targets`) + the head."""
+    model = EncoderClassifier(ext.feature_extractor, ext.feature_dim, n_classes, ext.tile_size, ext.name)
+    model.backbone.requires_grad_(False)
+    if cfg.mode == "linear":
+        return model
+    if cfg.mode != "lora":
+        raise ValueError(f"finetune: mode must be 'lora' or 'linear', got {cfg.mode!r}")
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=encoder_lora_targets(model.backbone, cfg.lora_proj),
+                      modules_to_save=["classifier"], bias="none")
+    return get_peft_model(model, lora)
+
+
+def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in state.items()})
+    with io.atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def save_merged_backbone(network: nn.Module, out: Path, image_size: int,
+                         mean: Sequence[float], std: Sequence[float]) -> Path:
+    """Write a (merged) registry network where the registry loads it back; returns the path
+    to pass as ``weights_path``. transformers bodies: a folder (``save_pretrained``,
+    safetensors); timm/CONCH bodies: ``<out>/model.safetensors`` with the published key
+    names (the token-output wrapper is not part of them)."""
+    inner = getattr(network, "model", network)
+    out.mkdir(parents=True, exist_ok=True)
+    if hasattr(inner, "save_pretrained"):
+        inner.save_pretrained(str(out), safe_serialization=True)
+        io.write_json(out / "preprocessor_config.json", hf_preprocessor_config(image_size, mean, std))
+        return out
+    _save_safetensors(inner.state_dict(), out / "model.safetensors")
+    return out / "model.safetensors"
+
+
+def save_encoder_outputs(
+    model: nn.Module,
+    result: FinetuneResult,
+    cfg: FinetuneConfig,
+    output_dir: str | Path,
+    encoder_record: dict[str, Any],
+    extra_record: dict[str, Any] | None = None,
+) -> Path:
+    """Outputs of a registry-encoder run, all safetensors: ``adapter/`` (LoRA, peft format),
+    ``merged/`` (:func:`save_merged_backbone`), ``classifier_head.safetensors`` and
+    ``results.json`` (with an ``encoder`` entry: name, builder keywords, extractor record,
+    the merged weights' path). :func:`load_encoder_classifier` reloads them."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.mode == "lora":
+        model.save_pretrained(str(out / "adapter"), safe_serialization=True)
+        merged = copy.deepcopy(model).merge_and_unload()
+    else:
+        merged = model
+    _save_safetensors(merged.classifier.state_dict(), out / "classifier_head.safetensors")
+    weights = save_merged_backbone(merged.backbone, out / "merged", cfg.image_size, cfg.mean, cfg.std)
+    result.output_dir = str(out)
+    encoder = {**encoder_record, "merged_weights": str(weights.relative_to(out)),
+               "lora_targets": (list(model.peft_config["default"].target_modules)
+                                if cfg.mode == "lora" else [])}
+    record = {"result": asdict(result), "config": asdict(cfg), "encoder": encoder, **(extra_record or {})}
+    io.write_json(out / "results.json", record)
+    return out
+
+
+def load_encoder_classifier(output_dir: str | Path) -> nn.Module:
+    """The fine-tuned classifier of a registry-encoder run: the merged backbone rebuilt
+    through the registry (same name, builder keywords and output rule) and the head."""
+    import json
+
+    from safetensors.torch import load_file
+
+    out = Path(output_dir)
+    record = json.loads((out / "results.json").read_text())
+    enc = record["encoder"]
+    ext = load_encoder(enc["name"], out / enc["merged_weights"], pretrained=True,
+                       output=enc.get("output"), encoder_kwargs=enc.get("kwargs"))
+    model = EncoderClassifier(ext.feature_extractor, ext.feature_dim, len(record["result"]["classes"]),
+                              ext.tile_size, ext.name)
+    model.classifier.load_state_dict(load_file(str(out / "classifier_head.safetensors")))
+    return model.eval()
+
+
+def load_encoder_adapter(ext: Any, n_classes: int, adapter_dir: str | Path) -> nn.Module:
+    """Rebuild a LoRA classifier from a registry extractor (built from the run's starting
+    weights) and a saved ``adapter/`` folder."""
+    from peft import PeftModel
+
+    base = EncoderClassifier(ext.feature_extractor, ext.feature_dim, n_classes, ext.tile_size, ext.name)
+    return PeftModel.from_pretrained(base, str(adapter_dir))
+
+
+def _run_encoder(
+    cfg: DictConfig,
+    run_cfg: FinetuneConfig,
+    classes: list[str],
+    splits: dict[str, pd.DataFrame],
+    on_start: Callable[[FinetuneConfig, list[str], dict[str, pd.DataFrame]], None] | None,
+) -> FinetuneResult:
+    """:func:`run` for ``feature_extractor=<registered name>``."""
+    from omegaconf import OmegaConf
+
+    kwargs = dict(OmegaConf.to_container(cfg.encoder_kwargs) or {}) if cfg.get("encoder_kwargs") else {}
+    output = cfg.get("output") or None
+    set_seed(cfg.seed)  # random-init (pretrained=false) weights are reproducible
+    ext = load_encoder(run_cfg.feature_extractor, cfg.weights_path, cfg.pretrained, output, kwargs)
+    check_encoder_image_size(ext.name, ext.tile_size, run_cfg.image_size)
+    run_cfg.mean, run_cfg.std = tuple(ext.mean), tuple(ext.std)
+    model = build_encoder_model(ext, len(classes), run_cfg)
+    if on_start is not None:
+        on_start(run_cfg, classes, splits)
+    model, result = train(model, splits, run_cfg)
+    result.classes = classes
+    record = ext.record()
+    encoder = {"name": run_cfg.feature_extractor, "output": ext.extra.get("output", output),
+               "kwargs": kwargs, "record": record}
+    save_encoder_outputs(model, result, run_cfg, cfg.output_dir, encoder, extra_record={
         "weights_path": cfg.weights_path, "pretrained": cfg.pretrained,
         "hydra_config": OmegaConf.to_container(cfg),
     })

@@ -31,7 +31,10 @@ Design:
   (1 rank and K ranks give identical files). Workers keep one OpenSlide handle per slide
   and return uint8 tiles; normalisation runs batched on tensors in the main process.
 * **Write.** When a slide's last batch is done, its JSON record and then its matrix are
-  written atomically (``features.npy`` last: its presence means "done"). A tile that cannot
+  written atomically (``features.npy`` last: its presence means "done"). With
+  ``output_format=h5`` (or ``both``) a TRIDENT-layout ``features.h5`` is written instead of
+  (or before) it; a slide is done when every file of the requested format is there
+  (docs/interop.md). A tile that cannot
   be read fails its slide (one line, a row in ``failures.csv``), and the other slides go on.
 * **Scale.** Under ``torchrun`` slides are sharded across ranks, balanced by tile count;
   each rank writes its own slides and rank 0 checks, locks and writes the run files.
@@ -60,6 +63,9 @@ from rl_benchmarks.utils import io
 logger = logging.getLogger(__name__)
 
 FEATURES_NAME = "features.npy"
+H5_NAME = "features.h5"  # TRIDENT-layout copy (output_format=h5|both), docs/interop.md
+OUTPUT_FORMATS = {"npy": (FEATURES_NAME,), "h5": (H5_NAME,), "both": (H5_NAME, FEATURES_NAME)}
+"""Files each ``output_format`` writes per slide, in writing order (the last one means done)."""
 COORDS_NAME = "coords.npy"
 RECORD_NAME = "features.json"
 FAILURES_NAME = "failures.csv"
@@ -133,6 +139,9 @@ class SlideExtractionSettings:
     progress: bool = True
     overwrite: bool = False  # recompute slides whose outputs have other settings
     accept_legacy: bool = False  # skip outputs that carry no record of their settings
+    output_format: str = "npy"  # npy (the reference's), h5 (TRIDENT layout) or both
+    reader: str = "auto"  # slide reader backend (rl_benchmarks.slides.backends); same pixels whichever
+    stain_norm: Any = None  # a rl_benchmarks.slides.stain.StainNormalizer, or None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -151,6 +160,12 @@ class SlideExtractionSettings:
         for name in ("random_sampling", "float16", "progress", "overwrite", "accept_legacy"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        from rl_benchmarks.slides.backends import check_reader
+
+        check_reader(self.reader)
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, "
+                             f"got {self.output_format!r}")
 
 
 @dataclass
@@ -180,29 +195,29 @@ class ExtractionSummary:
 
 
 def list_slides(slides: str | Path | Sequence[str | Path]) -> list[SlideInput]:
-    """Slides from a folder (every known WSI extension), a CSV (``slide_path`` column, and
-    optional ``slide_id`` and ``coords_path`` columns; no other column is needed) or a list
-    of paths.
+    """Slides from a folder (every known WSI extension, and DICOM-WSI series), a CSV
+    (``slide_path`` column, and optional ``slide_id`` and ``coords_path`` columns; no other
+    column is needed) or a list of paths, as listed by
+    :func:`rl_benchmarks.slides.tiling.collect_slide_entries` (a DICOM series is one slide).
 
     The slide id, which names the slide's output folder, is the CSV's ``slide_id`` when
-    given, else the slide's file name with its extension (``a.svs``). Ids must be usable
-    as folder names and unique; otherwise a one-line ValueError names the source."""
-    from rl_benchmarks.slides.tiling import collect_slides, read_slide_table
+    given, else the slide's name: its file name with its extension (``a.svs``), or a DICOM
+    series' folder name (or ContainerIdentifier). Ids must be usable as folder names and
+    unique; otherwise a one-line ValueError names the source."""
+    from rl_benchmarks.slides.tiling import collect_slide_entries
 
     src = Path(slides).expanduser() if isinstance(slides, (str, Path)) else None
-    if src is None or src.suffix.lower() != ".csv":
-        out = [SlideInput(p, p.name) for p in collect_slides(slides)]
-        _check_slide_ids(out, str(slides) if src is not None else "slides", csv=False)
-        return out
+    is_csv = src is not None and src.suffix.lower() == ".csv"
     out = []
-    for path, row in read_slide_table(src):
+    for entry in collect_slide_entries(src if is_csv else slides):
+        row = entry.row
         sid = (row.get("slide_id") or "").strip() or None
         coords = (row.get("coords_path") or "").strip() or None
         coords = None if coords is None else Path(coords).expanduser()
         if coords is not None and not coords.is_absolute():
-            coords = src.parent / coords
-        out.append(SlideInput(path, path.name if sid is None else sid, coords))
-    _check_slide_ids(out, str(src), csv=True)
+            coords = src.parent / coords  # type: ignore[union-attr]  # rows come from a CSV
+        out.append(SlideInput(entry.path, entry.name if sid is None else sid, coords))
+    _check_slide_ids(out, str(slides) if src is not None else "slides", csv=is_csv)
     return out
 
 
@@ -304,10 +319,11 @@ class _TileBatches(Dataset):
     message or "")."""
 
     def __init__(self, slides: list[tuple[Path, np.ndarray]], batches: list[tuple[int, int, int]],
-                 tile_size: int):
+                 tile_size: int, reader: str = "auto"):
         self.slides = slides  # (path, coords (n,3)) per slide
         self.batches = batches  # (slide index, start, stop)
         self.tile_size = tile_size
+        self.reader = reader
         self._cache: dict[int, Any] = {}
 
     def __len__(self) -> int:
@@ -320,7 +336,8 @@ class _TileBatches(Dataset):
             for old in self._cache.values():  # one open slide per worker at a time
                 old.close()
             self._cache.clear()
-            self._cache[slide_index] = TileReader(self.slides[slide_index][0], self.tile_size)
+            self._cache[slide_index] = TileReader(self.slides[slide_index][0], self.tile_size,
+                                                    reader=self.reader)
         return self._cache[slide_index]
 
     def __getitem__(self, k: int):
@@ -352,10 +369,13 @@ def _identity_collate(batch):
     return batch[0]
 
 
-def features_of_uint8(extractor, tiles: torch.Tensor) -> np.ndarray:
-    """Features (B, D) float32 of uint8 tiles (B, H, W, 3): batched normalisation on the
-    extractor's device, then the model."""
+def features_of_uint8(extractor, tiles: torch.Tensor, stain=None) -> np.ndarray:
+    """Features (B, D) float32 of uint8 tiles (B, H, W, 3): on the extractor's device, the
+    batched stain normalisation (``stain``, a :class:`~rl_benchmarks.slides.stain.StainNormalizer`,
+    if any), the extractor's normalisation, then the model."""
     x = tiles.to(extractor.device, non_blocking=True)
+    if stain is not None:
+        x = stain(x)
     return extractor(extractor.normalize_uint8(x, channels_last=True)).cpu().numpy()
 
 
@@ -368,13 +388,16 @@ def extract_from_coords(
     progress: bool = True,
     on_slide_done=None,
     desc: str = "extract",
+    reader: str = "auto",
+    stain=None,
 ) -> dict[int, np.ndarray | str]:
     """Features of ``jobs`` (slide path, coords (n,3)), slide by slide.
 
     ``on_slide_done(index, result)`` is called as soon as a slide is complete, with its
     (n, 3+D) float32 matrix or an error message; the function then keeps no matrix (memory
     stays at one slide in flight) and returns index -> "" (done) or the error. Without a
-    callback it returns index -> matrix or error message.
+    callback it returns index -> matrix or error message. ``reader`` chooses the slide
+    reader backend; ``stain`` normalises the tiles' stain first (see :func:`features_of_uint8`).
     """
     from tqdm.auto import tqdm
 
@@ -400,7 +423,7 @@ def extract_from_coords(
         if len(coords) == 0:
             finish(s, np.zeros((0, 3 + extractor.feature_dim), np.float32))
     loader = DataLoader(
-        _TileBatches(jobs, batches, tile_size),
+        _TileBatches(jobs, batches, tile_size, reader),
         batch_size=1,
         sampler=_InOrder(len(batches)),
         num_workers=num_workers,
@@ -420,7 +443,7 @@ def extract_from_coords(
             finish(s, error)
             continue
         meta = jobs[s][1][start:start + len(tiles)].astype(np.float32)
-        parts[s].append(np.concatenate([meta, features_of_uint8(extractor, tiles)], axis=1))
+        parts[s].append(np.concatenate([meta, features_of_uint8(extractor, tiles, stain)], axis=1))
         remaining[s] -= 1
         if remaining[s] == 0:
             finish(s, np.concatenate(parts.pop(s), axis=0))
@@ -450,7 +473,7 @@ def slide_settings(extractor, settings: SlideExtractionSettings) -> dict[str, An
     """The settings that define a slide's features: a finished slide is skipped only when
     its record holds exactly these."""
     rec = extractor.record()
-    return {
+    out = {
         "extractor": rec.get("name"),
         "weights_sha256": weights_identity(extractor),
         "precision": rec.get("precision"),
@@ -461,6 +484,9 @@ def slide_settings(extractor, settings: SlideExtractionSettings) -> dict[str, An
         "seed": int(settings.seed),
         "float16": bool(settings.float16),
     }
+    if settings.stain_norm is not None:  # absent otherwise: records made before it still match
+        out["stain_norm"] = settings.stain_norm.record()
+    return out
 
 
 def _read_json(path: Path) -> dict | None:
@@ -474,8 +500,20 @@ def _read_json(path: Path) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
+def _flat(settings: dict) -> dict:
+    """Nested settings (e.g. ``stain_norm``) as dotted keys, so a diff names the leaf."""
+    out = {}
+    for k, v in settings.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in _flat(v).items()})
+        else:
+            out[k] = v
+    return out
+
+
 def settings_diff(old: dict, new: dict) -> str:
     """``key old -> new`` for every setting that differs ("" when none)."""
+    old, new = _flat(old), _flat(new)
     return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}"
                      for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
 
@@ -511,14 +549,17 @@ def _coords_for(slide: SlideInput, out_dir: Path, extractor, settings: SlideExtr
             min_tissue=settings.min_tissue,
             default_mpp=settings.default_mpp,
             mpp_tolerance=settings.mpp_tolerance,
+            reader=settings.reader,
         )
         coords = np.asarray(tiling.coords)
         try:
             from rl_benchmarks.slides.qc import save_qc
+            from rl_benchmarks.slides.tiling import TISSUE_GEOJSON_FILE, write_tissue_geojson
 
             save_qc(tiling, out_dir / "qc.png")
+            write_tissue_geojson(tiling, out_dir / TISSUE_GEOJSON_FILE)
         except Exception as exc:  # a picture never fails a slide
-            logger.warning("%s: QC picture not written: %s", slide.slide_path, exc)
+            logger.warning("%s: QC picture or tissue.geojson not written: %s", slide.slide_path, exc)
         io.write_json(out_dir / "tiling.json", tiling.record())
         io.save_npy(out_dir / COORDS_NAME, coords.reshape(-1, 3).astype(np.int64))
     coords = np.asarray(coords)
@@ -559,15 +600,20 @@ def _plan(slides: Sequence[SlideInput], out_root: Path, new: dict,
             plan.held[slide.slide_id] = str(owner)
             continue
         locked.append(folder / LOCK_NAME)
-        done = (folder / FEATURES_NAME).is_file()
+        wanted = OUTPUT_FORMATS[settings.output_format]
+        done = any((folder / name).is_file() for name in (FEATURES_NAME, H5_NAME))
+        complete = all((folder / name).is_file() for name in wanted)
         old = (_read_json(folder / RECORD_NAME) or {}).get("settings") if done else None
         tiling = "" if slide.coords_path is not None else _tiling_diff(
             folder, new["tile_size"], new["mpp"], settings.min_tissue)
         if done and isinstance(old, dict) and not settings_diff(old, new):
-            plan.skipped.append(slide.slide_id)
-            locks.release(folder / LOCK_NAME)
+            if complete:
+                plan.skipped.append(slide.slide_id)
+                locks.release(folder / LOCK_NAME)
+            else:  # same settings, but a requested format is missing: extract again
+                plan.todo.append(i)
             continue
-        if done and not isinstance(old, dict) and settings.accept_legacy:
+        if complete and not isinstance(old, dict) and settings.accept_legacy:
             plan.legacy.append(slide.slide_id)
             plan.skipped.append(slide.slide_id)
             locks.release(folder / LOCK_NAME)
@@ -596,8 +642,8 @@ def _plan(slides: Sequence[SlideInput], out_root: Path, new: dict,
                       f"rerun with overwrite=true to recompute them, or use another output_dir")
         return plan
     for folder, coords_too in clear:  # under our lock: old outputs go before new work
-        names = [FEATURES_NAME, RECORD_NAME] + (
-            [COORDS_NAME, "tiling.json", "qc.png"] if coords_too else [])
+        names = [FEATURES_NAME, H5_NAME, RECORD_NAME] + (
+            [COORDS_NAME, "tiling.json", "qc.png", "tissue.geojson"] if coords_too else [])
         for name in names:
             (folder / name).unlink(missing_ok=True)
     return plan
@@ -698,9 +744,20 @@ def _run_plan(slides, out_root, extractor, settings, run_record, dist, plan, new
             "n_tiles": int(len(result)),
             "shape": list(matrix.shape),
             "dtype": str(matrix.dtype),
+            "output_format": settings.output_format,
+            "files": list(OUTPUT_FORMATS[settings.output_format]),
         }
         io.write_json(out_dir / RECORD_NAME, record)
-        io.save_npy(out_dir / FEATURES_NAME, matrix)  # last: its presence means "done"
+        if settings.output_format in ("h5", "both"):
+            try:
+                _write_h5(out_dir / H5_NAME, matrix, slide, new, str(new["extractor"]),
+                          settings.default_mpp)
+            except Exception as exc:  # the slide fails, the others go on
+                summary.failed[slide.slide_id] = f"writing {H5_NAME}: {_describe(exc)}"
+                logger.error("%s: %s", slide.slide_path, summary.failed[slide.slide_id])
+                return
+        if settings.output_format in ("npy", "both"):
+            io.save_npy(out_dir / FEATURES_NAME, matrix)  # last: its presence means "done"
         if not dist.enabled:  # under torchrun rank 0 owns the locks and frees them at the end
             locks.release(out_dir / LOCK_NAME)
         summary.done.append(slide.slide_id)
@@ -709,7 +766,8 @@ def _run_plan(slides, out_root, extractor, settings, run_record, dist, plan, new
     jobs = [(slides[i].slide_path, selected[i]) for i in mine]
     extract_from_coords(jobs, extractor, tile_size, settings.batch_size, settings.num_workers,
                         progress=settings.progress and dist.is_main, on_slide_done=write,
-                        desc=f"extract {len(jobs)} slides")
+                        desc=f"extract {len(jobs)} slides", reader=settings.reader,
+                        stain=settings.stain_norm)
     summary.seconds = time.perf_counter() - t0
 
     # 4. Rank 0 gathers and writes the run files.
@@ -720,6 +778,42 @@ def _run_plan(slides, out_root, extractor, settings, run_record, dist, plan, new
         _write_params(out_root, run_record, new, slides, summary)
         _write_failures(out_root, summary.failed, slides, summary.held)
     return summary
+
+
+def _write_h5(path: Path, matrix: np.ndarray, slide: SlideInput, new: dict, encoder: str,
+              default_mpp: float | None) -> None:
+    """Write a slide's (N, 3+D) matrix as a TRIDENT-layout h5 (atomically): ``features``
+    (N, D), ``coords`` (N, 2) level-0 ``(x, y)`` of each tile's top-left corner, and the
+    attributes TRIDENT writes plus the DeepZoom level (so reading it back is exact)."""
+    from rl_benchmarks.datasets.h5_features import (
+        DEEPZOOM_LEVEL_ATTR,
+        deepzoom_to_level0,
+        write_h5_features,
+    )
+    from rl_benchmarks.slides.geometry import deepzoom_level_count, level_downsample
+    from rl_benchmarks.slides.openslide_io import open_slide
+
+    with open_slide(slide.slide_path, default_mpp=default_mpp) as info:
+        dims, mpp0 = tuple(info.dimensions), float(info.mpp)
+    tile_size = int(new["tile_size"])
+    dz = matrix[:, :3].astype(np.int64)
+    level = int(dz[0, 0]) if len(dz) else -1
+    ds = level_downsample(level, deepzoom_level_count(*dims)) if len(dz) else 1
+    write_h5_features(path, matrix[:, 3:], deepzoom_to_level0(dz, tile_size, dims), {
+        "patch_size": tile_size,
+        "patch_size_level0": tile_size * ds,
+        "level0_magnification": 10.0 / mpp0,  # TRIDENT's convention: 0.25 µm/px = 40x
+        "target_magnification": 10.0 / (mpp0 * ds),
+        "overlap": 0,
+        "name": slide.slide_id,
+        "encoder": encoder,
+        "level0_width": dims[0],
+        "level0_height": dims[1],
+        "mpp": mpp0,
+        DEEPZOOM_LEVEL_ATTR: level,
+        "deepzoom_tile_size": tile_size,
+        "coords_format": "level-0 (x, y) of each tile's top-left corner",
+    })
 
 
 def _write_params(out_root: Path, run_record: dict[str, Any] | None, new: dict,

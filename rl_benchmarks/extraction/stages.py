@@ -10,16 +10,23 @@ it and choose the exit code.
 What is decided here, once: which slides a config names (``slides=``, ``slide_dataset=`` or
 a CSV cohort, plus ``coords_dir``), where outputs go by default, which extractor and
 settings the config describes, and what the run records.
+
+``shard=i num_shards=K`` makes the run job i of K independent jobs (a Hydra sweep,
+docs/sweeps.md): it extracts its part of the slides (:func:`shard_of`, torchrun's rule) and
+the last job to finish writes the run files of all (:func:`finish_shard`), so K jobs leave
+exactly the files of one.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rl_benchmarks.extraction.sharding import check_shard
 from rl_benchmarks.extraction.slides import (
     ExtractionSummary,
     SlideExtractionSettings,
@@ -28,6 +35,7 @@ from rl_benchmarks.extraction.slides import (
     check_int,
     list_slides,
     run_slide_extraction,
+    slide_settings,
 )
 from rl_benchmarks.extraction.tiles import TileExtractionSummary, extract_tile_dataset
 from rl_benchmarks.utils import distributed as dist_utils
@@ -90,7 +98,17 @@ def settings_from_config(cfg: DictConfig, tile_size: int | None = None
         min_tissue=cfg.min_tissue, default_mpp=unset(cfg.default_mpp),
         mpp_tolerance=cfg.mpp_tolerance, float16=cfg.float16, progress=cfg.progress,
         overwrite=cfg.get("overwrite", False), accept_legacy=cfg.get("accept_legacy", False),
+        output_format=str(cfg.get("output_format", "npy")),
+        reader=str(cfg.get("reader") or "auto"), stain_norm=stain_from_config(cfg),
     )
+
+
+def stain_from_config(cfg: DictConfig):
+    """The stain normaliser of ``cfg.stain_norm`` (fitted to its target now, so a bad target
+    is a one-line error before any slide is read), or None."""
+    from rl_benchmarks.slides.stain import from_config
+
+    return from_config(cfg.get("stain_norm"))
 
 
 def build_extractor(cfg: DictConfig, dist: dist_utils.DistInfo):
@@ -181,8 +199,65 @@ def slides_run_record(cfg: DictConfig, extractor, settings: SlideExtractionSetti
         "seed": settings.seed,
         "precision": cfg.precision,
         "package_version": __version__,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        # a shard job records what one job would (shard 0 of 1): same records, same files
+        "config": {**OmegaConf.to_container(cfg, resolve=True),
+                   **({"shard": 0, "num_shards": 1} if "num_shards" in cfg else {})},
     }
+
+
+# --------------------------------------------------------------------------- shards of a sweep
+
+SHARDS_DIR = ".rlbench_shards"  # each finished shard's failures, until the last one merges
+
+
+def shard_of(cfg: DictConfig, slides: list[SlideInput], n_tiles: int | None,
+             dist: dist_utils.DistInfo) -> list[SlideInput]:
+    """The slides of job ``shard`` of ``num_shards`` (:func:`~rl_benchmarks.extraction.
+    sharding.select_shard`: torchrun's balance by tile count when every slide has given
+    coords, else round-robin); every slide when ``num_shards`` is 1."""
+    from rl_benchmarks.extraction.sharding import given_tile_counts, select_shard
+
+    shard, num_shards = cfg.get("shard", 0), cfg.get("num_shards", 1)
+    if num_shards == 1 and shard == 0:
+        return slides
+    if dist.enabled:
+        raise ValueError("shard/num_shards split slides across independent jobs (a Hydra "
+                         "sweep); under torchrun the ranks already share them: give one")
+    costs = given_tile_counts([s.coords_path for s in slides], n_tiles)
+    return [slides[i] for i in select_shard(costs, shard, num_shards)]
+
+
+def finish_shard(out: Path, cfg: DictConfig, slides: list[SlideInput], record: dict[str, Any],
+                 new: dict[str, Any], summary: ExtractionSummary) -> None:
+    """After job ``shard`` of ``num_shards``: keep its failures beside the outputs; the last
+    shard to finish writes ``extraction_params.json`` (every slide) and ``failures.csv``
+    (every shard's failures) as one job would, and removes the side files."""
+    import shutil
+
+    from rl_benchmarks.extraction import locks
+    from rl_benchmarks.extraction.slides import _write_failures, _write_params
+    from rl_benchmarks.utils import io
+
+    shard, num_shards = int(cfg.shard), int(cfg.num_shards)
+    side, guard = out / SHARDS_DIR, out / f"{SHARDS_DIR}.lock"
+    locks.wait_lock(guard)
+    try:
+        io.write_json(side / f"{shard}-of-{num_shards}.json",
+                      {"failed": summary.failed, "held": summary.held, "legacy": summary.legacy})
+        parts = [side / f"{i}-of-{num_shards}.json" for i in range(num_shards)]
+        if not all(p.is_file() for p in parts):
+            return
+        merged = ExtractionSummary(output_dir=str(out))
+        for part in parts:
+            obj = json.loads(part.read_text())
+            merged.failed.update(obj.get("failed") or {})
+            merged.held.update(obj.get("held") or {})
+            merged.legacy += list(obj.get("legacy") or [])
+        _write_params(out, record, new, slides, merged)
+        _write_failures(out, merged.failed, slides, merged.held)
+        shutil.rmtree(side, ignore_errors=True)
+    finally:
+        locks.release(guard)
 
 
 def run_slides(
@@ -201,6 +276,7 @@ def run_slides(
 
     dist = dist or dist_utils.DistInfo()
     settings_from_config(cfg)  # bad values: one line, before any work
+    check_shard(cfg.get("shard", 0), cfg.get("num_shards", 1))
     apply_weights_path(cfg)
     set_seed(int(cfg.seed))  # random-init extractors (tests, demo) are reproducible
     extractor = build_extractor(cfg, dist)
@@ -211,9 +287,13 @@ def run_slides(
     slides, out = slides_and_output(cfg, extractor.name, tile_size)
     settings = settings_from_config(cfg, tile_size=tile_size)
     record = slides_run_record(cfg, extractor, settings)
+    mine = shard_of(cfg, slides, settings.n_tiles, dist)
     if on_start is not None:
         on_start(extractor, out)
-    return run_slide_extraction(slides, out, extractor, settings, run_record=record, dist=dist)
+    summary = run_slide_extraction(mine, out, extractor, settings, run_record=record, dist=dist)
+    if mine is not slides:
+        finish_shard(out, cfg, slides, record, slide_settings(extractor, settings), summary)
+    return summary
 
 
 # --------------------------------------------------------------------------- extract-tiles
@@ -251,6 +331,7 @@ def run_tiles(
     for key, minimum in (("batch_size", 1), ("num_workers", 0), ("chunk_size", 1), ("seed", 0)):
         check_int(key, cfg[key], minimum=minimum)  # one line, before any work
     apply_weights_path(cfg)
+    stain = stain_from_config(cfg)  # a bad target fails here, before the model is built
     set_seed(int(cfg.seed))  # random-init extractors (tests, demo) are reproducible
     extractor = extractor_from_config(cfg.feature_extractor, device=_device(cfg),
                                       precision=cfg.precision)
@@ -272,5 +353,5 @@ def run_tiles(
         frame, out, extractor, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers),
         chunk_size=int(cfg.chunk_size), tile_size=tile_size, record=record,
         progress=bool(cfg.progress), overwrite=bool(cfg.get("overwrite", False)),
-        accept_legacy=bool(cfg.get("accept_legacy", False)),
+        accept_legacy=bool(cfg.get("accept_legacy", False)), stain=stain,
     )

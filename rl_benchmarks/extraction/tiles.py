@@ -123,10 +123,11 @@ def _sha256_lines(values: list[str]) -> str:
     return h.hexdigest()
 
 
-def tile_settings(frame: pd.DataFrame, extractor, tile_size: int | None = None) -> dict[str, Any]:
+def tile_settings(frame: pd.DataFrame, extractor, tile_size: int | None = None,
+                  stain=None) -> dict[str, Any]:
     """The settings that define a tile dataset's features (compared before reusing any)."""
     rec = extractor.record()
-    return {
+    out = {
         "extractor": rec.get("name"),
         "weights_sha256": weights_identity(extractor),
         "precision": rec.get("precision"),
@@ -137,6 +138,9 @@ def tile_settings(frame: pd.DataFrame, extractor, tile_size: int | None = None) 
         "image_ids_sha256": _sha256_lines(frame["image_id"].astype(str).tolist()),
         "image_paths_sha256": _sha256_lines(frame["image_path"].astype(str).tolist()),
     }
+    if stain is not None:  # absent otherwise: records made before it still match
+        out["stain_norm"] = stain.record()
+    return out
 
 
 def extract_tile_dataset(
@@ -151,8 +155,12 @@ def extract_tile_dataset(
     progress: bool = True,
     overwrite: bool = False,
     accept_legacy: bool = False,
+    stain=None,
 ) -> TileExtractionSummary:
     """Extract features of every row of ``frame`` (in frame order) into ``output_dir``.
+
+    ``stain`` (a :class:`~rl_benchmarks.slides.stain.StainNormalizer`) normalises each batch
+    of tiles first; its fitted target is part of the recorded settings.
 
     Bad settings are a one-line ValueError before anything is written; see the module
     docstring for skips (:class:`StaleOutputError`), older tile ids and locking."""
@@ -176,7 +184,7 @@ def extract_tile_dataset(
     locks.wait_lock(lock, on_wait=on_wait)
     try:
         summary = _extract_locked(frame, out, extractor, batch_size, num_workers, chunk_size,
-                                  tile_size, record, progress, overwrite, accept_legacy)
+                                  tile_size, record, progress, overwrite, accept_legacy, stain)
     finally:
         locks.release(lock)
     if waited and summary.n_chunks_done == 0:
@@ -191,11 +199,11 @@ def _stale(out: Path, what: str, diff: str) -> StaleOutputError:
 
 
 def _extract_locked(frame, out: Path, extractor, batch_size, num_workers, chunk_size,
-                    tile_size, record, progress, overwrite, accept_legacy
+                    tile_size, record, progress, overwrite, accept_legacy, stain=None
                     ) -> TileExtractionSummary:
     from tqdm.auto import tqdm
 
-    new = tile_settings(frame, extractor, tile_size)
+    new = tile_settings(frame, extractor, tile_size, stain)
     chunks_dir = out / CHUNKS_DIR
     feats_path, ids_path = out / FEATURES_NAME, out / IDS_NAME
     # 1. Finished files: reused only when their record holds the same settings.
@@ -253,7 +261,7 @@ def _extract_locked(frame, out: Path, extractor, batch_size, num_workers, chunk_
     buffer: list[np.ndarray] = []
     buffered, k = 0, 0
     for tiles in loader:
-        feats = features_of_uint8(extractor, tiles)
+        feats = features_of_uint8(extractor, tiles, stain)
         buffer.append(feats)
         buffered += len(feats)
         bar.update(len(tiles))

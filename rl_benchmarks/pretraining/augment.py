@@ -18,6 +18,9 @@ transform is there, and why some of the natural-image recipe is left out:
   local crops, as in iBOT): mimics focus variation of slide scanners.
 * Solarisation (20 % on global crop 2 only, as in iBOT): an asymmetric, strong photometric
   change that keeps the two global views different.
+* Stain jitter (off by default; ``stain_jitter`` > 0): haematoxylin/eosin amounts scaled
+  and shifted in HED space (Tellez et al. 2018), closer to real staining differences than
+  RGB colour jitter. See :mod:`rl_benchmarks.slides.stain`.
 * Normalisation with ImageNet mean/std, which Phikon's extractors use at inference.
 """
 
@@ -31,6 +34,7 @@ from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
 from rl_benchmarks.constants import IMAGENET_MEAN, IMAGENET_STD  # re-exported here
+from rl_benchmarks.slides.stain import RandomStainJitter
 
 
 class RandomRot90:
@@ -89,6 +93,8 @@ class AugmentConfig:
     blur_global2: float = 0.1
     blur_local: float = 0.5
     solarize_global2: float = 0.2
+    stain_jitter: float = 0.0
+    stain_jitter_p: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("global_size", "local_size"):
@@ -118,7 +124,8 @@ class MultiCropAugmentation:
         jitter = T.RandomApply(
             [T.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)], p=cfg.jitter_p
         )
-        normalize = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        stain = [RandomStainJitter(cfg.stain_jitter, cfg.stain_jitter_p)] if cfg.stain_jitter > 0 else []
+        normalize = T.Compose([T.ToTensor(), *stain, T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
         bicubic = T.InterpolationMode.BICUBIC
 
         def crop(size: int, scale: tuple[float, float]) -> T.RandomResizedCrop:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,12 +302,25 @@ def results_from_predictions(experiments: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+_ABSOLUTE = re.compile(r"^(?:/|~|[A-Za-z]:[\\/]|\\\\)")  # POSIX, home, drive, UNC
+
+
+def _no_path(value: Any) -> Any:
+    """A displayed identifier without an absolute path: a cohort CSV given as one is shown by
+    its file name (the path stays in the run's configuration); other values (``cv/abmil``,
+    ``owkin/phikon``) are unchanged."""
+    if isinstance(value, str) and _ABSOLUTE.match(value):
+        return re.split(r"[\\/]", value.rstrip("/\\"))[-1] or value
+    return value
+
+
 def results_table(results: pd.DataFrame | str | os.PathLike, digits: int = 3) -> pd.DataFrame:
     """The displayed results table: identifier columns, then ``mean ± std`` per metric.
 
     Accepts the aggregated CV results (``mean_<m>``/``std_<m>`` columns, as
     ``rlbench results`` writes them) or the output of :func:`results_from_predictions`.
-    Metric columns that are empty in every row are dropped.
+    Metric columns that are empty in every row are dropped; identifiers that are paths are
+    shown by their last part (no absolute path in a displayed table).
     """
     if not isinstance(results, pd.DataFrame):
         path = Path(results)
@@ -319,7 +333,7 @@ def results_table(results: pd.DataFrame | str | os.PathLike, digits: int = 3) ->
     out = pd.DataFrame(index=results.index)
     for col in _ID_COLUMNS + ["n_slides", "n_folds"]:
         if col in results.columns and results[col].notna().any():
-            out[col] = results[col]
+            out[col] = results[col].map(_no_path)
     metrics = [c[5:] for c in results.columns if str(c).startswith("mean_")]
     for m in metrics:
         mean = pd.to_numeric(results[f"mean_{m}"], errors="coerce")

@@ -9,9 +9,13 @@ What is found under ``run_dir`` (recursively, hidden files skipped):
 
 * predictions: ``predictions*.csv`` files, and every CSV in a ``predictions/`` folder (as
   ``rlbench cv`` writes them); the files of one folder are one experiment, named after
-  that folder (or, for ``predictions/``, its parent; with a ``params.json`` (or a reference
-  ``params.pkl``, read as plain data only) beside it the model, the extractor that made the
-  features (``summary.json``, else the features' records), cohort and label make the name);
+  that folder (or, for ``predictions/``, its parent); with a ``params.json`` (or a reference
+  ``params.pkl``, read as plain data only) beside it the name is ``task · model ·
+  extractor`` (:func:`rl_benchmarks.val_schemes.experiment.experiment_labels`; never a
+  path), and its figures get short safe file names, unique within the run;
+* the benchmark: every folder holding ``cross_validation/`` (up to two levels down) gets
+  its benchmark table and figure (:mod:`rl_benchmarks.reports.benchmark_table`), shown in a
+  Benchmark section; localisation scores (``localisation.csv``) a Localisation section;
 * the results table: ``results_csv`` if given, else the first of
   ``nested_cross_validation_results.csv`` / ``results.csv`` (shallowest first), else a
   table computed from the predictions;
@@ -40,6 +44,7 @@ from rl_benchmarks.reports.plots import (
     roc_curves,
 )
 from rl_benchmarks.utils.io import write_csv, write_text
+from rl_benchmarks.utils.safe_names import unique_labels, unique_stems
 from rl_benchmarks.val_schemes.predictions import PredictionsError, load_predictions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".gif")
@@ -79,7 +84,17 @@ def _visible_files(root: Path) -> list[Path]:
 
 
 def find_predictions(run_dir: str | os.PathLike) -> dict[str, list[Path]]:
-    """Experiments of a run: ``{name: [predictions files]}``; name = folder relative to the run."""
+    """Experiments of a run: ``{name: [predictions files]}``.
+
+    The name is ``task · model · extractor`` for a ``rlbench cv`` run folder
+    (:func:`rl_benchmarks.val_schemes.experiment.experiment_label`), else the folder relative
+    to the run. Names that two experiments share get a short hash of their folder
+    (:func:`rl_benchmarks.utils.safe_names.unique_labels`), so they never carry a path."""
+    return {name: files for name, (_, files) in _experiments(run_dir).items()}
+
+
+def _experiments(run_dir: str | os.PathLike) -> dict[str, tuple[Path, list[Path]]]:
+    """``{name: (experiment folder, [predictions files])}`` (:func:`find_predictions`)."""
     root = Path(run_dir)
     by_dir: dict[Path, list[Path]] = {}
     for p in _visible_files(root):
@@ -89,30 +104,23 @@ def find_predictions(run_dir: str | os.PathLike) -> dict[str, list[Path]]:
             by_dir.setdefault(p.parent.parent, []).append(p)
         elif p.name.startswith("predictions"):
             by_dir.setdefault(p.parent, []).append(p)
+    from rl_benchmarks.val_schemes.experiment import experiment_labels
+
+    configs = {d: cfg for d in by_dir if (cfg := _run_config(d)) is not None}
+    named = experiment_labels(configs)
     names: dict[Path, str] = {}
     for exp_dir in by_dir:
         rel = exp_dir.relative_to(root).as_posix()
-        names[exp_dir] = _experiment_label(exp_dir) or (root.name if rel == "." else rel)
-    counts = pd.Series(list(names.values())).value_counts()
-    found = {}
-    for exp_dir, files in by_dir.items():
-        name = names[exp_dir]
-        if counts[name] > 1:  # two runs with the same label: add the folder
-            name = f"{name} ({exp_dir.relative_to(root).as_posix()})"
-        found[name] = files
-    return found
+        names[exp_dir] = named.get(exp_dir) or (root.name if rel == "." else rel)
+    names = unique_labels(names, {d: d.relative_to(root).as_posix() for d in names})
+    return {names[d]: (d, files) for d, files in by_dir.items()}
 
 
-def _experiment_label(folder: Path) -> str | None:
-    """"ABMIL · iBOTViTBasePANCAN · TCGA_CRC MSI" from the configuration of a ``rlbench cv``
-    run (``params.json``, or a reference ``params.pkl`` read as plain data only: one that
-    asks for anything else raises ``UnsafePickleError``)."""
-    from rl_benchmarks.val_schemes.experiment import (
-        PARAMS,
-        ExperimentFolder,
-        UnsafePickleError,
-        recorded_extractor,
-    )
+def _run_config(folder: Path) -> tuple[dict, dict] | None:
+    """``(params, summary)`` of a ``rlbench cv`` run folder (``params.json``, or a reference
+    ``params.pkl`` read as plain data only: one that asks for anything else raises
+    ``UnsafePickleError``); None when the folder has no readable configuration."""
+    from rl_benchmarks.val_schemes.experiment import PARAMS, ExperimentFolder, UnsafePickleError
 
     exp = ExperimentFolder(folder)
     if exp.find(PARAMS) is None:
@@ -127,45 +135,101 @@ def _experiment_label(folder: Path) -> str | None:
         summary = exp.read_summary()
     except Exception:  # noqa: BLE001 - no readable summary: the records in params.json
         summary = {}
-
-    def get(path: str) -> object:
-        node: object = cfg
-        for key in path.split("."):
-            if not isinstance(node, dict):
-                return None
-            node = node.get(key)
-        return node
-
-    parts = [
-        str(get("task.validation_scheme.trainer_cfg.model._target_") or "").rsplit(".", 1)[-1],
-        str(recorded_extractor(cfg, summary) or ""),
-        " ".join(str(get(f"task.data.train.{k}") or "") for k in ("cohort", "label")),
-    ]
-    label = " · ".join(p.strip() for p in parts if p and p.strip())
-    return label or None
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("/", "__")).strip("_") or "run"
+    return cfg, summary
 
 
 def draw_run_figures(run_dir: str | os.PathLike, figures_dir: str | os.PathLike | None = None,
                      ) -> tuple[list[Path], dict[str, pd.DataFrame]]:
     """Draw ROC (classification) or Kaplan–Meier (survival) curves for every experiment.
 
-    Returns the figures written and the loaded predictions by experiment.
+    File names are short and safe, made from the experiment's name
+    (:func:`rl_benchmarks.utils.safe_names.unique_stems`: ``crc_ABMIL_phikon_roc.png``),
+    unique within the run. Returns the figures written and the loaded predictions by
+    experiment.
     """
     root = Path(run_dir)
     out_dir = Path(figures_dir) if figures_dir else root / FIGURES_DIR
+    found = _experiments(root)
+    stems = unique_stems({name: name for name in found},
+                         {name: folder.relative_to(root).as_posix() for name, (folder, _) in found.items()})
     figures, loaded = [], {}
-    for name, files in find_predictions(root).items():
+    for name, (_, files) in found.items():
         preds = load_predictions(files)
         loaded[name] = preds
         if preds.attrs["task"] == "survival":
-            figures.append(kaplan_meier(preds, out_dir / f"{_slug(name)}_km.png", title=name).path)
+            figures.append(kaplan_meier(preds, out_dir / f"{stems[name]}_km.png", title=name).path)
         else:
-            figures.append(roc_curves(preds, out_dir / f"{_slug(name)}_roc.png", title=name).path)
+            figures.append(roc_curves(preds, out_dir / f"{stems[name]}_roc.png", title=name).path)
     return figures, loaded
+
+
+def _cv_roots(root: Path, depth: int = 2) -> list[Path]:
+    """Folders at most ``depth`` levels below ``root`` (``root`` included) that hold a
+    ``cross_validation/`` folder of experiments: the logs roots of ``rlbench cv``."""
+    from rl_benchmarks.val_schemes.experiment import CV_SUBDIR
+
+    found, level = [], [root]
+    for step in range(depth + 1):
+        nxt = []
+        for folder in level:
+            cv = folder / CV_SUBDIR
+            if cv.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in cv.iterdir()):
+                found.append(folder)
+            if step < depth:
+                nxt += sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                              and p.name != CV_SUBDIR)
+        level = nxt
+    return found
+
+
+def benchmark_section(root: Path) -> tuple[str, list[Path]]:
+    """The Benchmark section of report.html: for every logs root under ``root``
+    (:func:`_cv_roots`), the benchmark table (tasks × model · extractor, mean ± sd over the
+    outer folds), the missing and incomplete experiments and the dot-and-whisker figure,
+    written by :func:`rl_benchmarks.reports.benchmark_table.write_benchmark` into
+    ``<logs root>/benchmark/``. Returns the HTML ("" without experiments) and the figures."""
+    from rl_benchmarks.reports.benchmark_table import BENCHMARK_DIR, write_benchmark
+
+    parts, figures = [], []
+    for cv_root in _cv_roots(root):
+        rel = cv_root.relative_to(root).as_posix()
+        where = "" if rel == "." else f" ({html.escape(rel)})"
+        try:
+            bench = write_benchmark(cv_root, out_dir=cv_root / BENCHMARK_DIR)
+        except (OSError, ValueError) as err:  # a report still shows the rest
+            parts.append(f'<p class="note">Benchmark table{where} not built: {html.escape(str(err))}</p>')
+            continue
+        if bench.table.empty:
+            continue
+        md = bench.files["table_md"]
+        parts.append(
+            f'<p class="meta">Rows: tasks; columns: model · extractor; cells: mean ± sd of the '
+            f'task\'s metric over the outer folds and repeats (n: folds){where} · '
+            f'<a href="{_href(md, root)}">{html.escape(md.name)}</a> · '
+            f'<a href="{_href(bench.files["table_csv"], root)}">{html.escape(bench.files["table_csv"].name)}</a></p>')
+        parts.append(bench.table.to_html(index=False, table_id="benchmark-table", classes="results",
+                                         border=0, escape=True, na_rep=""))
+        for title, items in (("Missing experiments", bench.missing),
+                             ("Incomplete experiments", [f"{n}: {why}" for n, why in bench.incomplete])):
+            if items:
+                parts.append(f"<p>{title} ({len(items)}):</p><ul>"
+                             + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
+        if "figure" in bench.files:
+            figures.append(bench.files["figure"])
+            parts.append('<div class="gallery wide">' + _figure(bench.files["figure"], root) + "</div>")
+    if not parts:
+        return "", figures
+    return '<h2 id="benchmark">Benchmark</h2>' + "\n".join(parts), figures
+
+
+def _localisation_section(root: Path) -> str:
+    """The Localisation section (:func:`rl_benchmarks.reports.localisation.localisation_html`:
+    tile AUROC of the heatmaps against ground-truth lesions); "" when the run has none."""
+    try:
+        from rl_benchmarks.reports.localisation import localisation_html
+    except ImportError:  # pragma: no cover - the localisation module is optional
+        return ""
+    return localisation_html(root)
 
 
 def _find_results_csv(root: Path) -> Path | None:
@@ -251,10 +315,15 @@ def build_report(
     else:
         table_html = '<p id="results-table-missing">No results table in this run folder.</p>'
 
+    # The benchmark grid (tasks × model · extractor) and the heatmaps' localisation scores.
+    bench_html, bench_figures = benchmark_section(root)
+    localisation = _localisation_section(root)
+
     # Pictures and other files.
     files = [p for p in _visible_files(root) if p.resolve() != out.resolve()]
+    shown_elsewhere = {p.resolve() for p in bench_figures}
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES
-              and not p.name.startswith("report_screenshot")]
+              and not p.name.startswith("report_screenshot") and p.resolve() not in shown_elsewhere]
     shown, extra = images[:max_images], images[max_images:]
     by_section: dict[str, list[Path]] = {key: [] for key, _, _ in _SECTIONS}
     for p in shown:
@@ -269,6 +338,12 @@ def build_report(
         table_html,
     ]
     nav = ['<a href="#results">Results</a>']
+    if bench_html:
+        nav.append('<a href="#benchmark">Benchmark</a>')
+        sections.append(bench_html)
+    if localisation:
+        nav.append('<a href="#localisation">Localisation</a>')
+        sections.append(localisation)
     for key, heading, layout in _SECTIONS:
         if not by_section[key]:
             continue

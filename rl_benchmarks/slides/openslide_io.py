@@ -1,4 +1,5 @@
-"""Open a whole-slide image with OpenSlide and find its pixel size (mpp).
+"""Open a whole-slide image (OpenSlide, or another backend of
+:mod:`rl_benchmarks.slides.backends`) and find its pixel size (mpp).
 
 Why: every later stage needs the level-0 mpp to pick the DeepZoom level of a target
 magnification; a slide without it must fail clearly unless the user gives
@@ -12,6 +13,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rl_benchmarks.slides.errors import (  # re-exported: callers import them from here
+    MissingMPPError,
+    MPPToleranceError,
+    NotASlideError,
+    SlideError,
+    SlideNotFoundError,
+    SlideReadError,
+)
+
 MPP_RANGE = (0.01, 100.0)
 """Plausible µm per pixel; values outside are treated as missing."""
 
@@ -22,33 +32,11 @@ SLIDE_EXTENSIONS = (
 """Extensions collected when a folder of slides is given."""
 
 
-class SlideError(Exception):
-    """A slide cannot be used; ``str(err)`` is one line naming the file and the cause."""
-
-    def __init__(self, path: str | os.PathLike, cause: str):
-        self.path = str(path)
-        self.cause = cause
-        super().__init__(f"{self.path}: {cause}")
-
-
-class SlideNotFoundError(SlideError):
-    """The path does not exist or is not a file."""
-
-
-class NotASlideError(SlideError):
-    """OpenSlide cannot open the file (not a whole-slide image or unsupported format)."""
-
-
-class MissingMPPError(SlideError):
-    """The slide has no usable mpp and no ``default_mpp`` was given."""
-
-
-class SlideReadError(SlideError):
-    """Reading pixels failed (corrupt tile, truncated file)."""
-
-
-class MPPToleranceError(SlideError):
-    """No DeepZoom level is within ``mpp_tolerance`` of the target mpp."""
+__all__ = [
+    "MPP_RANGE", "SLIDE_EXTENSIONS", "MPPToleranceError", "MissingMPPError", "NotASlideError",
+    "SlideError", "SlideInfo", "SlideNotFoundError", "SlideReadError", "mpp_from_properties",
+    "open_slide",
+]
 
 
 @dataclass
@@ -64,6 +52,8 @@ class SlideInfo:
     dimensions: tuple[int, int]
     level_dimensions: tuple[tuple[int, int], ...]
     level_downsamples: tuple[float, ...]
+    backend: str = "openslide"
+    """The reader backend that opened it (rl_benchmarks.slides.backends)."""
 
     @property
     def level_mpps(self) -> tuple[float, ...]:
@@ -108,35 +98,28 @@ def mpp_from_properties(props: dict) -> tuple[float | None, str]:
     return None, ""
 
 
-def open_slide(path: str | os.PathLike, default_mpp: float | None = None) -> SlideInfo:
-    """Open ``path`` with OpenSlide and return a :class:`SlideInfo`.
+def open_slide(
+    path: str | os.PathLike, default_mpp: float | None = None, reader: str | None = "auto"
+) -> SlideInfo:
+    """Open ``path`` (a slide file, or a folder holding one DICOM-WSI series) and return a
+    :class:`SlideInfo`.
 
-    ``default_mpp`` is used only when the slide carries no mpp. Raises
-    SlideNotFoundError, NotASlideError or MissingMPPError with a one-line message.
+    ``reader`` picks the backend (``auto``: chosen by file, see
+    :mod:`rl_benchmarks.slides.backends`). ``default_mpp`` is used only when the slide
+    carries no mpp. Raises SlideNotFoundError, NotASlideError or MissingMPPError with a
+    one-line message.
     """
-    import openslide
+    from rl_benchmarks.slides.backends import open_handle
 
     path = Path(path)
-    if not path.exists():
-        raise SlideNotFoundError(path, "file not found")
-    if not path.is_file() and path.suffix.lower() != ".mrxs":
-        raise SlideNotFoundError(path, "not a file")
     if default_mpp is not None and _as_float(default_mpp) is None:
         raise ValueError(
             f"default_mpp={default_mpp!r}: expected a number of µm per pixel in {MPP_RANGE}"
         )
+    opened = open_handle(path, reader)
+    slide = opened.handle
     try:
-        slide = openslide.OpenSlide(str(path))
-    except openslide.OpenSlideUnsupportedFormatError:
-        raise NotASlideError(
-            path, "not a whole-slide image OpenSlide can read (unsupported or not pyramidal/tiled)"
-        ) from None
-    except openslide.OpenSlideError as err:
-        raise NotASlideError(path, f"OpenSlide cannot open it: {err}") from None
-    except OSError as err:
-        raise NotASlideError(path, f"cannot be read: {err}") from None
-    try:
-        props = dict(slide.properties)
+        props = dict(slide.properties)  # type: ignore[attr-defined]
         mpp, source = mpp_from_properties(props)
         if mpp is None:
             if default_mpp is None:
@@ -152,10 +135,11 @@ def open_slide(path: str | os.PathLike, default_mpp: float | None = None) -> Sli
             mpp=mpp,
             mpp_source=source,
             vendor=str(props.get("openslide.vendor", "unknown")),
-            dimensions=tuple(slide.dimensions),  # type: ignore[arg-type]
-            level_dimensions=tuple(tuple(d) for d in slide.level_dimensions),
-            level_downsamples=tuple(float(d) for d in slide.level_downsamples),
+            dimensions=tuple(slide.dimensions),  # type: ignore[attr-defined]
+            level_dimensions=tuple(tuple(d) for d in slide.level_dimensions),  # type: ignore[attr-defined]
+            level_downsamples=tuple(float(d) for d in slide.level_downsamples),  # type: ignore[attr-defined]
+            backend=opened.backend,
         )
     except BaseException:
-        slide.close()
+        slide.close()  # type: ignore[attr-defined]
         raise

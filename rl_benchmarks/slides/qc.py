@@ -1,5 +1,6 @@
-"""QC picture of a tiling: thumbnail, tissue-mask contour (green), pen (yellow tint), and
-the kept tiles (blue outlines, or a blue tint when tiles are only a few pixels wide).
+"""QC picture of a tiling: thumbnail, tissue-mask contour (green), pen (yellow tint),
+annotations when given (include regions outlined in magenta, exclude regions tinted red),
+and the kept tiles (blue outlines, or a blue tint when tiles are only a few pixels wide).
 
 Why: a glance at the picture tells whether background, pen or debris became tiles.
 """
@@ -19,6 +20,8 @@ if TYPE_CHECKING:  # pragma: no cover
 TISSUE_CONTOUR = (0, 170, 0)
 TILE_COLOR = (30, 80, 255)
 PEN_COLOR = (255, 230, 0)
+INCLUDE_COLOR = (220, 0, 220)
+EXCLUDE_COLOR = (230, 30, 30)
 
 
 def render_qc(result: TilingResult, max_side: int = 1600) -> np.ndarray:
@@ -35,6 +38,10 @@ def render_qc(result: TilingResult, max_side: int = 1600) -> np.ndarray:
     if result.pen is not None and result.pen.any():
         pen = np.repeat(np.repeat(result.pen, k, axis=0), k, axis=1)
         img[pen] = img[pen] * 0.5 + np.asarray(PEN_COLOR, np.float32) * 0.5
+    exclude = getattr(result, "exclude", None)
+    if exclude is not None:
+        ex = np.repeat(np.repeat(exclude >= 0.5, k, axis=0), k, axis=1)
+        img[ex] = img[ex] * 0.5 + np.asarray(EXCLUDE_COLOR, np.float32) * 0.5
     # Kept tiles, in QC-picture pixels.
     sx, sy = result.mask_scale
     step = result.tile_size * result.downsample
@@ -59,6 +66,11 @@ def render_qc(result: TilingResult, max_side: int = 1600) -> np.ndarray:
         img[tiles] = img[tiles] * 0.55 + color * 0.45
     border = mask & ~ndi.binary_erosion(mask, iterations=max(1, k // 2 + 1), border_value=0)
     img[border] = np.asarray(TISSUE_CONTOUR, np.float32)
+    include = getattr(result, "include", None)
+    if include is not None:
+        inc = np.repeat(np.repeat(include >= 0.5, k, axis=0), k, axis=1)
+        edge = inc & ~ndi.binary_erosion(inc, iterations=max(1, k // 2 + 1), border_value=0)
+        img[edge] = np.asarray(INCLUDE_COLOR, np.float32)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 

@@ -6,6 +6,10 @@ border tiles are zero-padded (black) at the bottom/right to ``tile_size`` (docs/
 worker process opens the slide once and reuses the handle (handles are not pickled;
 a forked or spawned worker opens its own on first use).
 
+The slide is opened by the backend ``reader`` names (rl_benchmarks/slides/backends.py;
+``auto`` chooses by file), so a DICOM-WSI folder, an OME-TIFF or an SVS give their tiles
+through the same ``DeepZoomGenerator`` arithmetic.
+
 Fast path: the same ``read_region`` call as DeepZoom, but an opaque tile of the right
 size skips PIL's compositing and goes straight to numpy (bit-identical: compositing an
 opaque RGBA tile over the background keeps its RGB). Any other tile (transparent
@@ -19,16 +23,20 @@ from pathlib import Path
 
 import numpy as np
 
-from rl_benchmarks.slides.openslide_io import NotASlideError, SlideReadError
+from rl_benchmarks.slides.openslide_io import SlideReadError
 
 
 class TileReader:
     """Reads DeepZoom tiles of one slide as (tile_size, tile_size, 3) uint8 arrays."""
 
-    def __init__(self, slide_path: str | os.PathLike, tile_size: int = 224, pad: bool = True):
+    def __init__(self, slide_path: str | os.PathLike, tile_size: int = 224, pad: bool = True,
+                 reader: str | None = "auto"):
+        from rl_benchmarks.slides.backends import check_reader
+
         if tile_size <= 0:
             raise ValueError(f"tile_size={tile_size}: must be positive")
         self.slide_path = Path(slide_path)
+        self.reader = check_reader(reader)
         self.tile_size = int(tile_size)
         self.pad = pad
         self._pid: int | None = None
@@ -41,13 +49,11 @@ class TileReader:
         return state
 
     def _open(self) -> None:
-        import openslide
         from openslide.deepzoom import DeepZoomGenerator
 
-        try:
-            self._slide = openslide.OpenSlide(str(self.slide_path))
-        except (openslide.OpenSlideError, OSError) as err:
-            raise NotASlideError(self.slide_path, f"OpenSlide cannot open it: {err}") from None
+        from rl_benchmarks.slides.backends import open_handle
+
+        self._slide = open_handle(self.slide_path, self.reader).handle
         self._dz = DeepZoomGenerator(self._slide, tile_size=self.tile_size, overlap=0)
         self._pid = os.getpid()
 
@@ -101,7 +107,7 @@ class SlideTileDataset:
     tile_size) so a pipeline can normalise whole batches; with ``transform`` the
     (zero-padded) tile is given to it as a PIL image (reference ``TilesMap``
     behaviour) and its result is returned. ``return_coords=True`` returns
-    ``(tile, coords_row)``.
+    ``(tile, coords_row)``. ``reader`` picks the slide backend (``auto``: by file).
     """
 
     def __init__(
@@ -112,6 +118,7 @@ class SlideTileDataset:
         transform=None,
         level: int | None = None,
         return_coords: bool = False,
+        reader: str | None = "auto",
     ):
         coords = np.asarray(coords)
         if coords.ndim != 2 or coords.shape[1] not in (2, 3):
@@ -124,7 +131,7 @@ class SlideTileDataset:
                 raise ValueError(f"{slide_path}: (N, 2) coords need level=<DeepZoom level>")
             coords = np.column_stack([np.full(len(coords), level), coords])
         self.coords = coords.astype(np.int64)
-        self.reader = TileReader(slide_path, tile_size)
+        self.reader = TileReader(slide_path, tile_size, reader=reader)
         self.transform = transform
         self.return_coords = return_coords
 

@@ -39,6 +39,7 @@ QC_FILE = "qc.png"
 RECORD_FILE = "tiling.json"
 FAILURES_FILE = "failures.csv"
 SUMMARY_FILE = "tiling_summary.json"
+TISSUE_GEOJSON_FILE = "tissue.geojson"
 
 _CHUNK = 4096  # read the mask image in chunks of at most this many level pixels per side
 
@@ -201,6 +202,12 @@ class TilingResult:
     tissue_info: dict = field(default_factory=dict)
     seconds: float = 0.0
     message: str = ""
+    include: np.ndarray | None = field(default=None, repr=False)
+    """Mask-grid coverage (0-1) of the include annotations (None: no include annotation)."""
+    exclude: np.ndarray | None = field(default=None, repr=False)
+    """Mask-grid coverage (0-1) of the exclude annotations (None: none)."""
+    annotations: dict | None = None
+    """What the annotations were (file, sha256, counts, classes); None without annotations."""
 
     @property
     def n_tiles(self) -> int:
@@ -234,6 +241,7 @@ class TilingResult:
             "mask_level": self.mask_level,
             "mask_shape": list(self.mask.shape),
             "tissue": self.tissue_info,
+            "annotations": self.annotations,
             "seconds": round(self.seconds, 3),
             "package_version": __version__,
         }
@@ -250,6 +258,10 @@ def tile_slide(
     tissue_params: TissueParams | None = None,
     max_mask_megapixels: float = 4.0,
     params: TilingParams | None = None,
+    reader: str | None = None,
+    annotations: str | os.PathLike | None = None,
+    include_classes: Sequence[str] | None = None,
+    exclude_classes: Sequence[str] | None = None,
 ) -> TilingResult:
     """Detect tissue and return the grid tiles with tissue fraction ≥ ``min_tissue``.
 
@@ -259,6 +271,14 @@ def tile_slide(
     ``mask_mpp`` µm/px (raised up to 2x for slides whose mask would exceed
     ``max_mask_megapixels``). Raises :class:`SlideError` subclasses (one-line messages)
     for unusable slides. A slide without tissue gives 0 tiles and a ``message`` saying why.
+    ``reader`` picks the slide backend (None/``auto``: by file, rl_benchmarks/slides/backends.py).
+
+    ``annotations``: a QuPath GeoJSON file (level-0 pixels, :mod:`rl_benchmarks.slides.geojson`).
+    Annotations of ``exclude_classes`` (default ``Ignore*``, ``Pen``, ``Artifact``) are
+    removed and, when there are annotations of ``include_classes`` (default: any other
+    class), only they are tiled: the fraction compared with ``min_tissue`` is then
+    area(tile ∩ tissue ∩ include \\ exclude) / tile area (with ``min_tissue=0``: every tile
+    touching that region). Bad GeoJSON is a :class:`~rl_benchmarks.slides.geojson.GeoJSONError`.
     """
     t0 = time.perf_counter()
     p = TilingParams.build(
@@ -267,7 +287,7 @@ def tile_slide(
     )
     tile_size, target_mpp, min_tissue = p.tile_size, p.target_mpp, p.min_tissue
     tissue_params = tissue_params or TissueParams()
-    with open_slide(path, default_mpp=p.default_mpp) as info:
+    with open_slide(path, default_mpp=p.default_mpp, reader=reader) as info:
         try:
             choice = choose_level(*info.dimensions, info.mpp, target_mpp, p.mpp_tolerance)
         except ValueError as err:
@@ -275,10 +295,18 @@ def tile_slide(
         eff_mpp = mask_mpp_for(info, p.mask_mpp, max_mask_megapixels)
         rgb, valid, scale, m_mpp, m_level = read_mask_image(info, eff_mpp)
     det = detect_tissue(rgb, m_mpp, tissue_params, valid=valid)
-    frac = tissue_fractions(det.mask, scale, choice, int(tile_size), info.dimensions)
-    rows, cols = np.nonzero(frac >= min_tissue - 1e-9) if min_tissue > 0 else np.indices(
-        frac.shape
-    ).reshape(2, -1)
+    ann = None
+    if annotations is not None:
+        ann = _annotation_coverage(annotations, include_classes, exclude_classes,
+                                   det.mask.shape, scale, info.dimensions)
+        frac = tissue_fractions(det.mask * ann["region"], scale, choice, int(tile_size),
+                                info.dimensions)
+        if min_tissue <= 0:  # every tile touching the annotated region
+            frac = tissue_fractions(ann["region"], scale, choice, int(tile_size), info.dimensions)
+    else:
+        frac = tissue_fractions(det.mask, scale, choice, int(tile_size), info.dimensions)
+    rows, cols = np.nonzero(frac >= min_tissue - 1e-9) if min_tissue > 0 else (
+        np.nonzero(frac > 0) if ann is not None else np.indices(frac.shape).reshape(2, -1))
     coords = np.column_stack(
         [np.full(len(rows), choice.level, np.int64), cols.astype(np.int64), rows.astype(np.int64)]
     ).reshape(-1, 3)
@@ -289,6 +317,10 @@ def tile_slide(
     if len(coords) == 0:
         if not det.mask.any():
             message = "no tissue detected (background only)"
+        elif ann is not None:
+            message = (f"no tile has a fraction of tissue inside the annotations ({ann['path']}) "
+                       f">= min_tissue={min_tissue} (best tile "
+                       f"{float(frac.max()) if frac.size else 0.0:.2f})")
         else:
             message = (
                 f"no tile has tissue fraction >= min_tissue={min_tissue} "
@@ -320,7 +352,36 @@ def tile_slide(
         tissue_info=info_d,
         seconds=time.perf_counter() - t0,
         message=message,
+        include=None if ann is None else ann["include"],
+        exclude=None if ann is None else ann["exclude"],
+        annotations=None if ann is None else ann["record"],
     )
+
+
+def _annotation_coverage(
+    annotations: str | os.PathLike,
+    include_classes: Sequence[str] | None,
+    exclude_classes: Sequence[str] | None,
+    shape: tuple[int, int],
+    scale: tuple[float, float],
+    dims: tuple[int, int],
+) -> dict:
+    """Exact coverage on the mask grid of the tiling region (include minus exclude) and of
+    the include and exclude annotations (for the QC picture), with the record."""
+    from rl_benchmarks.slides.geojson import DEFAULT_EXCLUDE, annotation_regions, coverage_raster
+
+    excl = tuple(DEFAULT_EXCLUDE if exclude_classes is None else exclude_classes)
+    incl = None if include_classes is None else tuple(include_classes)
+    regions = annotation_regions(annotations, incl, excl)
+    record = {**regions.record(), "include_classes": None if incl is None else list(incl),
+              "exclude_classes": list(excl)}
+    return {
+        "path": str(annotations),
+        "region": coverage_raster(regions.region(*dims), shape, scale),
+        "include": None if regions.include is None else coverage_raster(regions.include, shape, scale),
+        "exclude": None if regions.exclude is None else coverage_raster(regions.exclude, shape, scale),
+        "record": record,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,26 +440,99 @@ def read_slide_table(src: Path) -> list[tuple[Path, dict[str, str]]]:
     return out
 
 
-def collect_slides(slides: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """Slide paths from a folder (by extension), a CSV (``slide_path`` or ``path`` column,
-    relative paths resolved against the CSV's folder) or a list."""
+@dataclass(frozen=True)
+class SlideEntry:
+    """One listed slide: the path the readers open, the name of its output folder, and
+    its CSV row (every column as text; empty for folder and list inputs)."""
+
+    path: Path
+    name: str
+    row: dict = field(default_factory=dict, compare=False)
+
+
+def _is_dicom_path(path: Path) -> bool:
+    from rl_benchmarks.slides.dicom import dicom_files, is_dicom_file
+
+    return (path.is_dir() and bool(dicom_files(path))) or is_dicom_file(path)
+
+
+def _entries(paths: list[Path], rows: list[dict] | None = None,
+             source: str = "slides") -> list[SlideEntry]:
+    """Slide entries of paths (with their CSV rows): DICOM folders and instance files are
+    grouped into one entry per series (rl_benchmarks/slides/dicom.py), other paths are
+    slides named by their file name. A series listed twice (two of its instances, or its
+    folder and a file) is one slide; its rows must then agree."""
+    from rl_benchmarks.slides.dicom import list_series
+
+    rows = rows if rows is not None else [{} for _ in paths]
+    out: list[SlideEntry] = []
+    seen: dict[Path, int] = {}  # DICOM slide path -> index in out
+    scanned: dict = {}  # folder -> its DICOM series: each header is read once
+    for i, (path, row) in enumerate(zip(paths, rows)):
+        if not _is_dicom_path(path):
+            out.append(SlideEntry(path, path.name, row))
+            continue
+        found = list_series([path], scanned)
+        if len(found) > 1 and (row.get("slide_id") or "").strip():
+            raise ValueError(f"{source}: line {i + 2}: {path} holds {len(found)} DICOM series "
+                             f"but one slide_id; list one instance file per series instead")
+        for s in found:
+            if s.path in seen:
+                j = seen[s.path]
+                other = {k: v for k, v in out[j].row.items() if k not in ("slide_path", "path", "slide")}
+                mine = {k: v for k, v in row.items() if k not in ("slide_path", "path", "slide")}
+                if other != mine:
+                    raise ValueError(f"{source}: {path} and an earlier row are the same DICOM series "
+                                     f"({s.path}) with different columns {other} and {mine}")
+                continue
+            seen[s.path] = len(out)
+            out.append(SlideEntry(s.path, s.name, row))
+    return out
+
+
+def collect_slide_entries(
+    slides: str | os.PathLike | Sequence[str | os.PathLike],
+) -> list[SlideEntry]:
+    """Slides from a folder, a CSV or a list: the one place slide inputs are listed.
+
+    * A folder: its files with a slide extension, and its DICOM-WSI series (the folder's
+      own ``.dcm`` instances, and those of its subfolders), one slide per
+      ``SeriesInstanceUID``: LABEL, OVERVIEW and THUMBNAIL instances are never slides.
+    * A CSV (``slide_path`` or ``path`` column, relative paths resolved against the CSV's
+      folder): each row a slide file, a DICOM instance file or a DICOM folder.
+    * A list of such paths, or one of them.
+
+    A DICOM series is named by its folder, or by its ContainerIdentifier when its folder
+    holds several series (rl_benchmarks/slides/dicom.py)."""
     if isinstance(slides, (str, os.PathLike)):
         src = Path(slides)
         if src.is_dir():
-            found = sorted(
-                p for p in src.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS
-            )
+            from rl_benchmarks.slides.dicom import dicom_files
+
+            files = sorted(p for p in src.iterdir() if p.is_file()
+                           and p.suffix.lower() in SLIDE_EXTENSIONS and p.suffix.lower() != ".dcm")
+            dicom = ([src] if dicom_files(src) else []) + sorted(
+                p for p in src.iterdir() if p.is_dir() and dicom_files(p))
+            found = _entries(files + dicom, source=str(src))
             if not found:
                 raise ValueError(
-                    f"{src}: no slide files (extensions {', '.join(SLIDE_EXTENSIONS)})"
+                    f"{src}: no slide files (extensions {', '.join(SLIDE_EXTENSIONS)}) "
+                    "and no DICOM folder"
                 )
             return found
         if src.suffix.lower() == ".csv":
-            return [path for path, _ in read_slide_table(src)]
-        if src.is_file():
-            return [src]
+            table = read_slide_table(src)
+            return _entries([p for p, _ in table], [r for _, r in table], source=str(src))
+        if src.exists():
+            return _entries([src], source=str(src))
         raise ValueError(f"slides={src}: not a folder, a CSV file or a slide file")
-    return [Path(p) for p in slides]
+    return _entries([Path(p) for p in slides])
+
+
+def collect_slides(slides: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Slide paths of :func:`collect_slide_entries` (a DICOM series: its folder, or its
+    main instance file when the folder holds several series)."""
+    return [e.path for e in collect_slide_entries(slides)]
 
 
 def reference_slide_dir(
@@ -410,11 +544,41 @@ def reference_slide_dir(
     return output_dir / f"coords_{tile_size}" / sub / slide_name
 
 
+def write_tissue_geojson(result: TilingResult, path: str | os.PathLike) -> Path:
+    """``tissue.geojson``: the tissue regions (class ``Tissue``, holes kept) and pen marks
+    (class ``Pen``, excluded on re-import) of a tiling as QuPath annotations in level-0
+    pixels (:mod:`rl_benchmarks.slides.geojson`)."""
+    from rl_benchmarks.slides.geojson import tissue_features, write_geojson
+
+    return write_geojson(path, tissue_features(result.mask, result.mask_scale, result.pen))
+
+
+def _same_annotations(old: dict | None, want: dict | None) -> bool:
+    """Whether a finished slide was tiled with the annotations this run asks for (same
+    file content and classes)."""
+    if not want:
+        return not old
+    if not old:
+        return False
+    from rl_benchmarks.utils.io import sha256_file
+
+    try:
+        sha = sha256_file(want["path"])
+    except OSError:
+        return False  # tile again: the missing file is then reported as the failure
+    from rl_benchmarks.slides.geojson import DEFAULT_EXCLUDE
+
+    excl = list(DEFAULT_EXCLUDE if want.get("exclude_classes") is None else want["exclude_classes"])
+    incl = want.get("include_classes")
+    return (old.get("sha256") == sha and old.get("exclude_classes") == excl
+            and old.get("include_classes") == (None if incl is None else list(incl)))
+
+
 def _tile_job(job: dict) -> dict:
     """Tile one slide and write its files; never raises (returns a status row)."""
     path, out = Path(job["path"]), Path(job["out"])
     kw = job["params"]  # TilingParams.as_dict()
-    row = {"slide": str(path), "slide_name": path.name, "out": str(out)}
+    row = {"slide": str(path), "slide_name": job.get("name", path.name), "out": str(out)}
     rec_path, coords_path = out / RECORD_FILE, out / COORDS_FILE
     if not job["overwrite"] and rec_path.is_file() and coords_path.is_file():
         import json
@@ -428,14 +592,20 @@ def _tile_job(job: dict) -> dict:
         if rec.get("mpp_source") != "default_mpp":  # default_mpp did not matter for it
             same.pop("default_mpp", None)
             want.pop("default_mpp", None)
-        if same == want:
+        if same == want and _same_annotations(rec.get("annotations"), job.get("annotations")) \
+                and (out / TISSUE_GEOJSON_FILE).is_file():
             row.update(status="skipped", n_tiles=rec.get("n_tiles", 0),
                        previous_status=rec.get("status"), message=rec.get("message", ""))
             return row
     try:
         params = TissueParams(**job["tissue"]) if job["tissue"] else None
-        res = tile_slide(path, tissue_params=params, params=TilingParams(**kw))
+        ann = job.get("annotations") or {}
+        res = tile_slide(path, tissue_params=params, params=TilingParams(**kw),
+                         reader=job.get("reader"), annotations=ann.get("path"),
+                         include_classes=ann.get("include_classes"),
+                         exclude_classes=ann.get("exclude_classes"))
         save_npy(coords_path, res.coords)
+        write_tissue_geojson(res, out / TISSUE_GEOJSON_FILE)
         if job["qc"]:
             from rl_benchmarks.slides.qc import save_qc
 
@@ -471,6 +641,10 @@ def tile_slides(
     progress: bool = True,
     params: TilingParams | None = None,
     data_dir: str | os.PathLike | None = None,
+    reader: str | None = None,
+    annotations: str | os.PathLike | None = None,
+    include_classes: Sequence[str] | None = None,
+    exclude_classes: Sequence[str] | None = None,
 ) -> TilingSummary:
     """Tile many slides; write per-slide files, ``failures.csv`` and a summary.
 
@@ -484,7 +658,14 @@ def tile_slides(
     :func:`tile_slide`; they are checked before any slide is opened. With
     ``layout="reference"`` and no ``output_dir``, the output folder is
     ``<data_dir>/preprocessed/slides_classification/coords`` (``data_dir`` default:
-    ``$RLB_DATA_DIR`` / conf.yaml).
+    ``$RLB_DATA_DIR`` / conf.yaml). Slides are listed by :func:`collect_slide_entries`
+    (a DICOM-WSI series is one slide, its folder named after it); ``reader`` picks the
+    slide backend for every slide (None/``auto``: by file).
+
+    ``annotations``: a folder of QuPath GeoJSON files (``<slide name or stem>.geojson``) or
+    a CSV (``slide_id``, ``path``): each slide's annotations restrict its tiles as in
+    :func:`tile_slide` (``include_classes``, ``exclude_classes``); a slide without a file is
+    tiled on its tissue alone (listed on stderr). Every slide also gets ``tissue.geojson``.
     """
     t0 = time.perf_counter()
     settings = TilingParams.build(
@@ -493,6 +674,9 @@ def tile_slides(
     )
     if layout not in ("flat", "reference"):
         raise ValueError(f"layout={layout!r}: expected 'flat' or 'reference'")
+    from rl_benchmarks.slides.backends import check_reader
+
+    reader = check_reader(reader)
     if layout == "reference" and not cohort:
         raise ValueError("layout='reference' needs cohort=<e.g. CAMELYON16_FULL or TCGA_COAD>")
     if output_dir is None or str(output_dir) == "":
@@ -502,23 +686,44 @@ def tile_slides(
 
         output_dir = data_root(data_dir) / "preprocessed" / "slides_classification" / "coords"
     output_dir = Path(output_dir)
-    paths = collect_slides(slides)
+    entries = collect_slide_entries(slides)
     names: dict[str, Path] = {}
-    for p in paths:
-        if p.name in names and names[p.name] != p:
+    for e in entries:
+        if e.name in names and names[e.name] != e.path:
             raise ValueError(
-                f"two slides share the file name {p.name!r} ({names[p.name]} and {p}); "
-                "output folders are named after the file, rename one"
+                f"two slides share the name {e.name!r} ({names[e.name]} and {e.path}); "
+                "output folders are named after the slide, rename one"
             )
-        names[p.name] = p
+        names[e.name] = e.path
     recorded = settings.as_dict()
     tissue = params_dict(tissue_params) if tissue_params else None
-    jobs = []
-    for p in paths:
-        out = (reference_slide_dir(output_dir, cohort, settings.tile_size, p.name)
-               if layout == "reference" else output_dir / p.name)
-        jobs.append(dict(path=str(p), out=str(out), params=recorded, tissue=tissue, qc=qc,
-                         overwrite=overwrite))
+    ann_table = None
+    if annotations is not None and str(annotations) != "":
+        from rl_benchmarks.slides.geojson import annotation_table, annotations_for
+
+        ann_table = annotation_table(annotations)
+    jobs, unannotated = [], []
+    for e in entries:
+        out = (reference_slide_dir(output_dir, cohort, settings.tile_size, e.name)
+               if layout == "reference" else output_dir / e.name)
+        ann = None
+        if ann_table is not None:
+            found = annotations_for(ann_table, Path(e.name))
+            if found is None:
+                unannotated.append(e.name)
+            else:
+                ann = {"path": str(found),
+                       "include_classes": None if include_classes is None
+                       else [str(c) for c in include_classes],
+                       "exclude_classes": None if exclude_classes is None
+                       else [str(c) for c in exclude_classes]}
+        jobs.append(dict(path=str(e.path), name=e.name, out=str(out), params=recorded,
+                         tissue=tissue, qc=qc, overwrite=overwrite, reader=reader,
+                         annotations=ann))
+    if unannotated:
+        print(f"rlbench tile: no annotations in {annotations} for {len(unannotated)} slide(s), "
+              f"tiled on tissue alone: {', '.join(unannotated[:10])}"
+              + (" ..." if len(unannotated) > 10 else ""), file=sys.stderr)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows = _run_jobs(jobs, num_workers, progress)
     summary = TilingSummary(output_dir=output_dir, n_slides=len(jobs))

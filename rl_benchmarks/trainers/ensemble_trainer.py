@@ -24,9 +24,24 @@ What is exact and what is not:
   (:class:`_SharedLinear`; the features are frozen, so no input gradient), and ABMIL's
   gated attention runs as stacked ``bmm`` (see :func:`_fused_forward`).
 
+* ``DSMIL``: the first layers of its two tile MLPs, of all members, are one
+  :class:`_SharedLinear` matmul; the rest runs as the model itself (``vmap``);
+* models with dropout (``HIPTMIL``; any model configured with dropout): the members run
+  one after the other from the same generator state (:func:`_replay_forward`), so each
+  gets the dropout masks of its separate run (the runs share seed and batch shapes); the
+  first member's masks are recorded and handed to the others (:class:`_RandomCapture`);
+  the draws of the plain path's DataLoader are replayed (:func:`_loader_draw`);
+* ``TransMIL``: member by member (no work to share); its PPEG runs as one convolution
+  with the three kernels summed
+  (``PPEG.merge_kernels``: the same function, 49 instead of 83 taps); its output depends
+  on the tile order, so with a dataset that shuffles at every read each read gets a fresh
+  order here too (:func:`_batch`); with ``shuffle=False`` the orders are the plain path's;
+* every batch is cut to its longest slide (what pad-collate gives the plain path).
+
 ``precision="bf16"`` (opt-in) runs the tile-level matmuls in bfloat16 (ABMIL: the tile
 layer forward and weight gradient and the attention/gate layers; Chowder: the no-autograd
-scoring that chooses the selected tiles; other models: their forward under autocast),
+scoring that chooses the selected tiles; DSMIL: its fused first layers; other models:
+their forward under autocast),
 with float32 master weights, Adam state, losses and metrics. About twice the matmul rate
 on CPUs with bf16 units, at the cost of bf16 rounding: the metrics agree with fp32 within
 fold noise, not to the last digit; the default is float32.
@@ -38,6 +53,7 @@ import contextlib
 import copy
 import functools
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,12 +64,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from rl_benchmarks.trainers.torch_trainer import order_seed
 from rl_benchmarks.utils.memory import keep_freed_memory
 from rl_benchmarks.utils.seed import set_seed
 
-SUPPORTED_MODELS = ("MeanPool", "Chowder", "ABMIL", "DSMIL")
+SUPPORTED_MODELS = ("MeanPool", "Chowder", "ABMIL", "DSMIL", "HIPTMIL", "TransMIL")
+# models whose output depends on the order of the tiles (TransMIL: the squaring copies the
+# first tiles and PPEG convolves the tiles laid out on a grid in their order)
+ORDER_DEPENDENT_MODELS = ("TransMIL",)
 
 
 @dataclass
@@ -63,6 +83,9 @@ class Preloaded:
     features: torch.Tensor  # (n, N, 3 + D)
     mask: torch.Tensor  # (n, N, 1) bool, True = padding
     labels: torch.Tensor  # (n, L)
+    # True when every read of a slide gives its tiles in one fixed order (a dataset with
+    # ``shuffle=False``); False when each read may shuffle them (the reference's datasets)
+    fixed_order: bool = False
     _tiles: dict = field(default_factory=dict, repr=False, compare=False)
 
     def tiles(self, metadata_cols: int, dtype: torch.dtype | None) -> torch.Tensor:
@@ -84,7 +107,8 @@ class Preloaded:
         keep = (~self.mask).to(self.features.dtype).transpose(1, 2)  # (n, 1, N)
         total = torch.bmm(keep, self.features)  # (n, 1, F), no full-size temporary
         means = total / keep.sum(dim=2, keepdim=True).clamp_min(1.0)
-        return Preloaded(means, torch.zeros(len(self), 1, 1, dtype=torch.bool), self.labels)
+        return Preloaded(means, torch.zeros(len(self), 1, 1, dtype=torch.bool), self.labels,
+                         self.fixed_order)
 
 
 def preload(dataset: Any) -> Preloaded:
@@ -92,8 +116,10 @@ def preload(dataset: Any) -> Preloaded:
 
     Uses the dataset's own ``as_tensor()`` (``SlideClassificationDataset``: one fixed tile
     draw per slide, a clear MemoryError when it cannot fit) when it has one, otherwise
-    reads every item once and pads with zeros.
+    reads every item once and pads with zeros. ``fixed_order`` is True only for a dataset
+    that says it does not shuffle (``shuffle=False``).
     """
+    fixed_order = getattr(dataset, "shuffle", None) is False
     for name in ("as_tensor",):
         method = getattr(dataset, name, None)
         if callable(method):
@@ -107,7 +133,7 @@ def preload(dataset: Any) -> Preloaded:
             if mask.ndim == 2:
                 mask = mask.unsqueeze(-1)
             labels = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
-            return Preloaded(feats, mask, labels.reshape(len(feats), -1))
+            return Preloaded(feats, mask, labels.reshape(len(feats), -1), fixed_order)
     items = [dataset[i] for i in range(len(dataset))]
     if not items:
         raise ValueError("cannot preload an empty dataset")
@@ -121,7 +147,7 @@ def preload(dataset: Any) -> Preloaded:
         feats[i, : x.shape[0]] = x
         mask[i, : x.shape[0]] = False
         labels.append(torch.as_tensor(np.asarray(y, dtype=np.float32)).reshape(-1))
-    return Preloaded(feats, mask, torch.stack(labels))
+    return Preloaded(feats, mask, torch.stack(labels), fixed_order)
 
 
 def _adam_settings(optimizer: Any) -> dict[str, Any] | None:
@@ -160,11 +186,23 @@ def unsupported_reason(trainer: Any) -> str | None:
     ) is not slide_level_val_step:
         return "custom train_step/val_step"
     for module in trainer.model.modules():
-        if isinstance(module, nn.Dropout) and module.p > 0:
-            return "the model has dropout (members would not match separate runs)"
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             return "the model has batch norm"
     return None
+
+
+def has_dropout(model: nn.Module) -> bool:
+    """Whether ``model`` draws random numbers in training (dropout anywhere, including the
+    attention dropout of ``nn.MultiheadAttention``, ``SelfAttention`` and TransMIL)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout) and module.p > 0:
+            return True
+        if isinstance(module, nn.MultiheadAttention) and module.dropout > 0:
+            return True
+        p = getattr(module, "attn_dropout", 0.0)  # SelfAttention keeps a probability
+        if isinstance(p, (int, float)) and p > 0:
+            return True
+    return False
 
 
 def _unwrap(fn: Any) -> Any:
@@ -216,6 +254,21 @@ class EnsembleTrainer:
         keep_state: bool = False,
     ) -> list[MemberResult]:
         """Train every member for ``num_epochs``; evaluate ``val_idx`` after each epoch."""
+        with warnings.catch_warnings():
+            # vmap runs ops without a batching rule member by member, and says so
+            warnings.filterwarnings("ignore", message=".*not yet implemented the batching rule")
+            return self._train(data, train_idx, val_idx, members, num_epochs, seed, keep_state)
+
+    def _train(
+        self,
+        data: Preloaded,
+        train_idx: Sequence[int],
+        val_idx: Sequence[int] | None,
+        members: Sequence[tuple[float, float]],
+        num_epochs: int,
+        seed: int,
+        keep_state: bool,
+    ) -> list[MemberResult]:
         set_seed(seed)
         trainer = instantiate(self.cfg)  # builds the model exactly as the plain path does
         reason = unsupported_reason(trainer)
@@ -227,7 +280,8 @@ class EnsembleTrainer:
         criterion, metrics = trainer.criterion, trainer.metrics
         adam = _adam_settings(trainer.optimizer_fn)
         batch_size = trainer.batch_size
-        if type(model).__name__ == "MeanPool":
+        name = type(model).__name__
+        if name == "MeanPool":
             data = data.slide_means()
         feats, mask, labels = (t.to(device) for t in (data.features, data.mask, data.labels))
         train_idx = torch.as_tensor(np.asarray(train_idx, dtype=np.int64))
@@ -237,15 +291,34 @@ class EnsembleTrainer:
         params, buffers = stack_module_state([model] * g)
         params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
         base = copy.deepcopy(model).to("meta")
+        pos_enc = getattr(base, "pos_enc", None)
+        if name == "TransMIL" and pos_enc is not None:
+            pos_enc.merge_kernels = True  # same function, 49 instead of 83 taps (PPEG docs)
 
         def one(p: dict, b: dict, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
             return functional_call(base, (p, b), (x, m))
 
         forward = vmap(one, in_dims=(0, 0, None, None))
         low = torch.bfloat16 if self.precision == "bf16" else None
-        fused = _fused_forward(base, params, buffers, one, low, data, feats)
-        train_forward = fused or self._train_forward(base, forward, params, buffers, one)
+        # dropout: the members run one after the other on the very random numbers that
+        # separate runs draw (see _replay_forward); no fused shortcut (they skip dropout)
+        replay = has_dropout(model)
+        # TransMIL member by member: under vmap the members' PPEG convolutions become one
+        # grouped convolution, which oneDNN runs in bfloat16 no faster than in fp32 (one
+        # convolution per member: 1.3x faster), and CPU flash attention has no vmap rule
+        # (vmap loops over the members anyway); its FLOPs are per member, nothing to share
+        loop = replay or name == "TransMIL"
+        fused = None if replay else _fused_forward(base, params, buffers, one, low, data, feats)
+        if loop:
+            train_forward = _replay_forward(base, params, buffers, device, replay)
+        else:
+            train_forward = fused or self._train_forward(base, forward, params, buffers, one)
         autocast = contextlib.nullcontext if fused else functools.partial(self._autocast, device)
+        # TransMIL's output depends on the tile order: when the dataset shuffles its tiles
+        # at every read (the reference does), every read here gets a fresh order too
+        reorder = None
+        if name in ORDER_DEPENDENT_MODELS and not data.fixed_order:
+            reorder = torch.Generator().manual_seed(order_seed(seed) ^ 0x5EED)
         lrs = torch.tensor([float(lr) for lr, _ in members], dtype=torch.float32, device=device)
         wds = torch.tensor([float(wd) for _, wd in members], dtype=torch.float32, device=device)
         opt = _StackedAdam(params, lrs, wds, **adam)
@@ -259,13 +332,17 @@ class EnsembleTrainer:
         n_train = len(train_idx)
         n_batches = n_train // batch_size
         for _epoch in range(int(num_epochs)):
+            _loader_draw()  # what iterating the plain path's DataLoader draws
             perm = train_idx[torch.randperm(n_train, generator=generator)]
             losses = torch.zeros(g, max(n_batches, 1))
             epoch_logits, epoch_labels = [], []
             for b in range(n_batches):
                 idx = perm[b * batch_size : (b + 1) * batch_size].to(device)
-                # the fused forward gathers its own rows (one pass, maybe bf16)
-                x, m, y = (idx if fused else feats[idx]), mask[idx], labels[idx]
+                if fused:  # the fused forward gathers its own rows (one pass, maybe bf16)
+                    x, m = idx, mask[idx]
+                else:
+                    x, m = _batch(feats, mask, idx, reorder)
+                y = labels[idx]
                 with autocast():
                     logits = train_forward(x, m)  # (G, B, C)
                 member_losses = torch.stack(
@@ -289,11 +366,24 @@ class EnsembleTrainer:
                 else:
                     for k in names:
                         r.train_metrics[k].append(float("nan"))
+            if val_idx is not None:
+                _loader_draw()
             if val_idx is not None and len(val_idx):
-                v_labels, v_logits, v_loss = self._evaluate(
-                    fused or forward, params, buffers, feats, mask, labels, val_idx, criterion,
-                    batch_size, fused is not None,
-                )
+                base.eval()
+                try:
+                    if loop:
+                        eval_forward = _replay_forward(base, params, buffers, device, False)
+                    elif fused:
+                        eval_forward = fused
+                    else:
+                        def eval_forward(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+                            return forward(params, buffers, x, _no_padding(m))
+                    v_labels, v_logits, v_loss = self._evaluate(
+                        eval_forward, feats, mask, labels, val_idx, criterion, batch_size,
+                        fused is not None, reorder,
+                    )
+                finally:
+                    base.train()
                 for i, r in enumerate(results):
                     for k, fn in metrics.items():
                         r.val_metrics[k].append(float(fn(v_labels, v_logits[i])))
@@ -348,8 +438,6 @@ class EnsembleTrainer:
     def _evaluate(
         self,
         forward: Callable,
-        params: dict,
-        buffers: dict,
         feats: torch.Tensor,
         mask: torch.Tensor,
         labels: torch.Tensor,
@@ -357,23 +445,150 @@ class EnsembleTrainer:
         criterion: nn.Module,
         batch_size: int,
         is_fused: bool = False,
+        reorder: torch.Generator | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Eval-mode pass in batches of ``batch_size`` (the val loss is a mean of batch
-        means, as in the plain path)."""
+        means, as in the plain path). ``forward(x, mask) -> (G, B, C)`` takes the batch's
+        slide indices when ``is_fused`` (its precision is built in), else its features."""
         outs, losses = [], []
         for start in range(0, len(val_idx), batch_size):
             idx = val_idx[start : start + batch_size].to(feats.device)
-            if is_fused:  # (slide indices, mask) -> logits; its precision is built in
+            if is_fused:
                 logits = forward(idx, mask[idx]).float()
             else:
+                x, m = _batch(feats, mask, idx, reorder)
                 with self._autocast(feats.device):
-                    logits = forward(params, buffers, feats[idx], _no_padding(mask[idx])).float()
+                    logits = forward(x, m).float()
             y = labels[idx]
             losses.append(torch.stack([criterion(logits[i], y) for i in range(len(logits))]))
             outs.append(logits.float().cpu())
         v_logits = torch.cat(outs, dim=1).numpy()
         v_loss = torch.stack(losses, dim=1).mean(dim=1).cpu().numpy()
         return labels[val_idx.to(labels.device)].cpu().numpy(), v_logits, v_loss
+
+
+def _loader_draw() -> None:
+    """Draw what creating a DataLoader iterator draws from the global generator (its base
+    seed): the plain path does it once per epoch for training and once for validation, so
+    the random numbers of dropout stay those of separate runs."""
+    torch.empty((), dtype=torch.int64).random_()
+
+
+def _batch(feats: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor,
+           reorder: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``idx`` cut to the batch's longest slide (what pad-collate gives the plain
+    path; shapes then match its shapes, and less padding means less work). With
+    ``reorder``, each slide's real tiles come in a fresh random order (padding stays last)."""
+    m = mask[idx]
+    n = int((~m[..., 0]).sum(dim=1).max()) if len(idx) else 0
+    x, m = feats[idx, : max(n, 1)], m[:, : max(n, 1)]
+    if reorder is not None:
+        keys = torch.rand(x.shape[0], x.shape[1], generator=reorder).to(x.device)
+        keys = keys.masked_fill(m[..., 0], 2.0)  # padding sorts after the real tiles
+        order = keys.argsort(dim=1)
+        x = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return x, m
+
+
+def _replay_forward(base: nn.Module, params: dict, buffers: dict, device: torch.device,
+                    random: bool = True) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(x, mask) -> (G, B, C)``: the members one after the other, each from the same
+    state of the random generators, so each draws the dropout masks that its separate run
+    draws (separate runs share the seed and the batch shapes, hence every random number).
+    The model runs as itself (no vmap: the same kernels as the plain path, whose random
+    numbers vmap does not reproduce), with the plain path's mask (never ``None``).
+
+    On the CPU in training, the first member's random tensors (dropout's ``bernoulli_``) are
+    recorded and handed to the next members instead of being drawn again (the same values,
+    without the cost of drawing them: about a quarter of HIPT-MIL's step). ``random=False``
+    (a model without dropout, run member by member for speed) records nothing."""
+    g = len(next(iter(params.values())))
+    cuda = device.type == "cuda"
+
+    def replay(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        cpu_state = torch.get_rng_state()
+        cuda_state = torch.cuda.get_rng_state(device) if cuda else None
+        capture = (_RandomCapture() if random and device.type == "cpu" and base.training
+                   and g > 1 else None)
+        outs, after = [], None
+        for i in range(g):
+            torch.set_rng_state(cpu_state)
+            if cuda:
+                torch.cuda.set_rng_state(cuda_state, device)
+            tensors = {k: v[i] for k, v in params.items()}
+            tensors.update({k: v[i] for k, v in buffers.items()})
+            ctx = capture.member(i) if capture is not None else contextlib.nullcontext()
+            with ctx:
+                outs.append(functional_call(base, tensors, (x, m)))
+            if i == 0:
+                after = torch.get_rng_state()
+        if capture is not None:  # where the first member left the generator
+            torch.set_rng_state(after)
+        return torch.stack(outs)
+
+    return replay
+
+
+class _RandomCapture:
+    """Record the first member's random tensors, give them to the next members in order.
+
+    Only ops whose whole result is the random draw are handed on (``bernoulli_``,
+    ``bernoulli``, ``uniform_``, ``normal_``, ``rand``, ``randn``, ...). If the first member
+    draws with any other random op, nothing is handed on (the members then draw everything
+    themselves from the restored generator state, which is exact too)."""
+
+    def __init__(self) -> None:
+        self.records: list[torch.Tensor] = []
+        self.usable = True
+
+    @contextlib.contextmanager
+    def member(self, i: int) -> Any:
+        if i > 0 and not self.usable:
+            yield
+            return
+        mode = _RandomMode(self, record=i == 0)
+        with mode:
+            yield
+        if i > 0 and mode.pos != len(self.records):
+            raise RuntimeError("dropout replay: the members drew different random tensors")
+
+
+def _random_ops() -> tuple[set, set]:
+    aten = torch.ops.aten
+    inplace = {aten.bernoulli_.float, aten.bernoulli_.Tensor, aten.uniform_.default,
+               aten.normal_.default}
+    out_of_place = {aten.bernoulli.default, aten.bernoulli.p, aten.rand.default,
+                    aten.randn.default, aten.rand_like.default, aten.randn_like.default}
+    return inplace, out_of_place
+
+
+class _RandomMode(TorchDispatchMode):
+    """Dispatch mode of :class:`_RandomCapture` for one member."""
+
+    def __init__(self, capture: _RandomCapture, record: bool) -> None:
+        super().__init__()
+        self.capture, self.record, self.pos = capture, record, 0
+        self.inplace, self.out_of_place = _random_ops()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        handled = func in self.inplace or func in self.out_of_place
+        if not handled:
+            if self.record and torch.Tag.nondeterministic_seeded in func.tags:
+                self.capture.usable = False  # another random op: hand nothing on
+            return func(*args, **kwargs)
+        if self.record:
+            out = func(*args, **kwargs)
+            self.capture.records.append(out.detach().clone())
+            return out
+        saved = self.capture.records[self.pos]
+        self.pos += 1
+        if func in self.inplace:
+            if args[0].shape != saved.shape:
+                raise RuntimeError("dropout replay: the members drew different random tensors")
+            return args[0].copy_(saved)
+        return saved.clone()
 
 
 class _SharedLinear(torch.autograd.Function):
@@ -429,8 +644,10 @@ def _fused_forward(
     """
     name = type(base).__name__
     meta = int(getattr(base, "metadata_cols", 0))
-    if name not in ("ABMIL", "Chowder") or feats.device != data.features.device:
+    if name not in ("ABMIL", "Chowder", "DSMIL") or feats.device != data.features.device:
         return None
+    if name == "DSMIL":
+        return _fused_dsmil(base, params, buffers, low, data, meta)
     tiles = data.tiles(meta, low)
     if name == "ABMIL":
         layers = base.tiles_emb.hidden_layers
@@ -516,6 +733,74 @@ def _fused_forward(
         return selected(params, buffers, x_sel, None)  # the selection has no padding
 
     return chowder
+
+
+class _FromFirstLayers(nn.Module):
+    """DSMIL from its feature columns and the outputs of its two first tile layers (for
+    ``functional_call`` under ``vmap``: its parameters are the model's, prefixed ``m.``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, first_scores: torch.Tensor, first_queries: torch.Tensor, x: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        return self.m._forward_from_first(x, mask, first_scores, first_queries)
+
+
+def _fused_dsmil(
+    base: nn.Module, params: dict, buffers: dict, low: torch.dtype | None, data: Preloaded,
+    meta: int,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """DSMIL with the first layers of its two tile MLPs (``tiles_scores`` and
+    ``tiles_queries``, 768 -> 200 each in the reference) of all members as **one**
+    :class:`_SharedLinear` matmul, ``(B*N, D) x (D, G*400)`` (forward and weight gradient; no
+    input gradient), in ``low`` when set; the rest runs as the model itself over the
+    members (``vmap``), in float32. None when the layout differs (values MLP in use)."""
+    from rl_benchmarks.models.slide_models.utils.tile_layers import MaskedLinear
+
+    if getattr(base, "passing_values", True) or buffers:
+        return None
+    firsts = [base.tiles_scores.hidden_layers[0], base.tiles_queries.hidden_layers[0]]
+    if any(not isinstance(layer, nn.Linear) for layer in firsts):
+        return None
+    prefixes = ["tiles_scores.hidden_layers.0.", "tiles_queries.hidden_layers.0."]
+    if any((p + "bias" in params) != (firsts[0].bias is not None) for p in prefixes):
+        return None
+    widths = [layer.out_features for layer in firsts]
+    fills = [float(layer.mask_value) if isinstance(layer, MaskedLinear) else None
+             for layer in firsts]
+    tiles_low = data.tiles(meta, low)
+    tiles = data.tiles(meta, None)
+    wrapper = _FromFirstLayers(base)
+    wrapped = {"m." + k: v for k, v in params.items()}  # the same tensors (updated in place)
+
+    def rest(p: dict, hs: torch.Tensor, hq: torch.Tensor, x: torch.Tensor,
+             m: torch.Tensor | None) -> torch.Tensor:
+        return functional_call(wrapper, p, (hs, hq, x, m))
+
+    members = vmap(rest, in_dims=(0, 0, 0, None, None))
+
+    def dsmil(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        n = max(int((~m[..., 0]).sum(dim=1).max()), 1)  # cut to the longest slide
+        m = m[:, :n]
+        xt = tiles_low[x, :n]  # (B, n, D), maybe bf16: one gather
+        b = xt.shape[0]
+        weight = torch.cat([params[p + "weight"] for p in prefixes], dim=1)  # (G, H1+H2, D)
+        bias = (torch.cat([params[p + "bias"] for p in prefixes], dim=1)
+                if prefixes[0] + "bias" in params else None)
+        h = _SharedLinear.apply(xt.reshape(b * n, -1), weight, bias, low)  # (G, B*n, H1+H2)
+        g = h.shape[0]
+        h = h.view(g, b, n, -1)
+        m_arg = _no_padding(m)
+        outs = list(torch.split(h, widths, dim=-1))
+        for i, fill in enumerate(fills):
+            if fill is not None and m_arg is not None:  # MaskedLinear: padded rows -> fill
+                outs[i] = outs[i].masked_fill(m_arg.unsqueeze(0), fill)
+        x_raw = xt if low is None else tiles[x, :n]  # the bag pools float32 features
+        return members(wrapped, outs[0], outs[1], x_raw, m_arg)
+
+    return dsmil
 
 
 def _extreme_indices(scores: torch.Tensor, mask: torch.Tensor | None, n_top: int,

@@ -22,8 +22,9 @@ from rl_benchmarks.utils.seed import set_seed
 
 __all__ = ["params2experiment_name", "resume_training", "set_seed", "flatten", "NAME_EXCLUDED"]
 
-# keys that do not change the results and so do not enter the experiment name
-NAME_EXCLUDED = ("features_root_dir", "logs_root_dir", "data_dir", "device")
+# keys that do not change the results and so do not enter the experiment name (task_name and
+# verbose only change what is shown: naming a task does not re-run it)
+NAME_EXCLUDED = ("features_root_dir", "logs_root_dir", "data_dir", "device", "task_name", "verbose")
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -17,7 +17,9 @@ the CPU, a GPU asked for on a machine without CUDA is an error (never a silent f
 and a bare ``"cuda"``/``"auto"`` takes the process's ``local_rank`` under ``torchrun``.
 
 ``precision`` is ``fp32`` (default), ``bf16`` or ``fp16``: the two last ones run the model
-under ``torch.autocast``; outputs are cast back to float32 by the extractors.
+under ``torch.autocast``, except ViT extractors at bf16 on the CPU, which run a bf16-weight
+copy (``rl_benchmarks.models.feature_extractors.fast_inference``); outputs are cast back to
+float32 by the extractors.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
-"""Feature utilities shared by training and extraction: padding collation and preloading.
+"""Feature utilities shared by training and extraction: the one per-slide feature reader
+(``features.npy`` or a TRIDENT/CLAM ``.h5``), padding collation and preloading.
 
-(The extraction pipeline adds its tile readers here later.)
+Why one reader: ``rlbench cv``, ``heatmap`` and ``report`` and every cohort loader read a
+slide's (N, 3+D) matrix through :func:`read_feature_matrix`, so an h5 feature folder works
+wherever a ``features.npy`` folder does.
 """
 
 from __future__ import annotations
@@ -11,6 +14,63 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch.utils.data import default_collate
+
+
+def is_feature_file(path: str | os.PathLike) -> bool:
+    """True for the per-slide feature files this toolkit reads (``.npy``, ``.h5``, ``.hdf5``)."""
+    from rl_benchmarks.datasets.h5_features import is_h5
+
+    return str(path).lower().endswith(".npy") or is_h5(path)
+
+
+def read_feature_matrix(
+    path: str | os.PathLike, mmap: bool = True, slide_dims: tuple[int, int] | None = None
+) -> np.ndarray:
+    """A slide's (N, 3+D) feature matrix ``[dz_level, col, row, f_1..f_D]``, by format.
+
+    ``.npy``: memory-mapped (``mmap``), never unpickled. ``.h5``/``.hdf5`` (TRIDENT/CLAM
+    layout): read into memory, coords mapped to DeepZoom by
+    :func:`rl_benchmarks.datasets.h5_features.deepzoom_mapping` (level -1 when the file does
+    not record it and ``slide_dims`` is not given; the training stack ignores these columns).
+    Bad h5 input raises :class:`~rl_benchmarks.datasets.h5_features.H5FeaturesError` naming
+    the file.
+    """
+    from rl_benchmarks.datasets.h5_features import h5_feature_matrix, is_h5
+
+    if is_h5(path):
+        return h5_feature_matrix(path, slide_dims)
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def feature_matrix_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """(N, 3+D) of a feature file without reading its values (npy header or h5 metadata)."""
+    from rl_benchmarks.datasets.h5_features import h5_shape, is_h5
+
+    if is_h5(path):
+        n, d = h5_shape(path)
+        return n, d + 3
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    return tuple(int(v) for v in arr.shape)  # type: ignore[return-value]
+
+
+def feature_boxes_level0(
+    path: str | os.PathLike, tile_size: int, slide_dims: tuple[int, int]
+) -> tuple[np.ndarray, bool]:
+    """Level-0 boxes ``(x0, y0, x1, y1)`` (N, 4) int64 of a feature file's tiles, in file
+    order, and whether its DeepZoom ``[dz_level, col, row]`` columns are exact.
+
+    For heatmaps and GeoJSON: ``features.npy`` rows are DeepZoom tiles of ``tile_size``
+    (:func:`rl_benchmarks.slides.geometry.tile_boxes_level0`, exact); h5 rows are drawn from
+    their own level-0 coords and footprint (always placed where they were read, even when
+    the DeepZoom mapping is approximate, docs/interop.md)."""
+    from rl_benchmarks.datasets.h5_features import deepzoom_mapping, h5_boxes_level0, is_h5, read_h5
+    from rl_benchmarks.slides.geometry import tile_boxes_level0
+
+    if is_h5(path):
+        h5 = read_h5(path)
+        return h5_boxes_level0(h5, slide_dims), deepzoom_mapping(h5, slide_dims).exact
+    coords = np.rint(np.asarray(read_feature_matrix(path)[:, :3])).astype(np.int64)
+    return tile_boxes_level0(coords, int(tile_size), *slide_dims), True
 
 
 def pad_collate_fn(
@@ -50,14 +110,14 @@ def preload_features(
     with_memory_map: bool = True,
     seed: int = 0,
 ) -> list[np.ndarray]:
-    """Load each ``features.npy`` into RAM, keeping ``n_tiles`` rows (the first ones, or a
+    """Load each feature file (``features.npy`` or ``.h5``) into RAM, keeping ``n_tiles`` rows (the first ones, or a
     random subset when ``shuffle``, seeded per file index). Kept for the reference's API;
     ``SlideClassificationDataset`` reads per item instead."""
     from tqdm.auto import tqdm
 
     out = []
     for i, path in enumerate(tqdm(fpaths, desc="preloading features", unit="slide")):
-        arr = np.load(path, mmap_mode="r" if with_memory_map else None)
+        arr = read_feature_matrix(path, mmap=with_memory_map)
         n = arr.shape[0] if n_tiles is None else min(int(n_tiles), arr.shape[0])
         if shuffle:
             idx = np.sort(np.random.default_rng([seed, i]).choice(arr.shape[0], n, replace=False))

@@ -22,6 +22,7 @@ of the same experiment from writing the same folder.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -470,9 +471,10 @@ _EXTRACTOR_IGNORED = ("weights",)  # a path: weights_sha256 says which weights
 
 
 def features_record_path(features_path: str | os.PathLike) -> Path | None:
-    """``features.json`` beside a ``features.npy`` (None for other file names)."""
+    """``features.json`` beside a ``features.npy`` or ``features.h5`` written by
+    ``extract-slides`` (None for other file names, e.g. TRIDENT's ``<slide>.h5``)."""
     p = Path(features_path)
-    return p.parent / FEATURES_RECORD if p.name == "features.npy" else None
+    return p.parent / FEATURES_RECORD if p.name in ("features.npy", "features.h5") else None
 
 
 def _record_settings(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -655,6 +657,106 @@ def identity_digests(identity: Mapping[str, Any]) -> dict[str, str]:
     return {key: str(value["digest"]) for key, value in identity.items()}
 
 
+# --------------------------------------------------------------------------------------
+# Names people use: task · model · extractor
+# --------------------------------------------------------------------------------------
+TASK_NAME_KEY = "task_name"  # the optional cv key that names the task (not in the hash)
+
+
+def _node(params: Any, path: str) -> Any:
+    node = params
+    for key in path.split("."):
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node
+
+
+def _csv_stem(path: str) -> str:
+    name = Path(str(path)).name
+    for suffix in sorted(CSV_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or name
+    return name
+
+
+@functools.lru_cache(maxsize=1)
+def reference_task_names() -> dict[tuple[str, str], str]:
+    """``{(COHORT, LABEL): task name}`` of the built-in tasks (``task/<name>.yaml`` of
+    ``rlbench cv``), so that a reference run is named as it was chosen
+    (``tcga_crc_msi_prediction``); the test tasks (``test_*``) only where nothing else has
+    their cohort and label."""
+    from omegaconf import OmegaConf
+
+    from rl_benchmarks.paths import CONF_ROOT
+
+    out: dict[tuple[str, str], str] = {}
+    folder = CONF_ROOT / "slide_level_task" / "cross_validation" / "task"
+    files = sorted(folder.glob("*.yaml"), key=lambda p: (p.stem.startswith("test_"), p.stem))
+    for path in files:
+        try:
+            train = OmegaConf.load(path).data.train
+            key = (str(train.cohort).upper(), str(train.label).upper())
+        except Exception:  # noqa: BLE001 - a task file without data.train: not a reference task
+            continue
+        out.setdefault(key, path.stem)
+    return out
+
+
+def task_name(params: Mapping[str, Any]) -> str:
+    """The task of a run as people name it: ``task_name`` when the run set it, else the
+    cohort CSV's stem (``cohort_classification``), else the built-in task's name
+    (``tcga_crc_msi_prediction``), else ``<cohort> <label>``. Never a path."""
+    given = params.get(TASK_NAME_KEY) if isinstance(params, Mapping) else None
+    if given not in (None, ""):
+        return str(given)
+    cohort = _node(params, "task.data.train.cohort")
+    label = _node(params, "task.data.train.label")
+    if cohort is None:
+        return "task"
+    if is_csv(cohort):
+        return _csv_stem(str(cohort))
+    known = reference_task_names().get((str(cohort).upper(), str(label).upper()))
+    return known or " ".join(str(v) for v in (cohort, label) if v not in (None, ""))
+
+
+def task_key(params: Mapping[str, Any]) -> str:
+    """What makes two runs the same task: the cohort as given (an absolute CSV path; it is
+    hashed into a suffix when two tasks share a name, never shown) and the label."""
+    return json.dumps([str(_node(params, "task.data.train.cohort")),
+                       str(_node(params, "task.data.train.label"))])
+
+
+def model_name(params: Mapping[str, Any]) -> str:
+    """The MIL model's class name (``ABMIL``) of a run's configuration ("" when absent)."""
+    target = _node(params, "task.validation_scheme.trainer_cfg.model._target_")
+    return str(target or "").rsplit(".", 1)[-1]
+
+
+def experiment_label(params: Mapping[str, Any], summary: Mapping[str, Any] | None = None) -> str:
+    """``task · model · extractor`` (:func:`task_name`, :func:`model_name`,
+    :func:`recorded_extractor`), the name a run is shown and plotted by; empty parts are left
+    out."""
+    parts = [task_name(params), model_name(params), recorded_extractor(params, summary) or ""]
+    return " · ".join(p.strip() for p in parts if p and p.strip())
+
+
+def experiment_labels(runs: Mapping[Any, tuple[Mapping[str, Any], Mapping[str, Any] | None]],
+                      ) -> dict[Any, str]:
+    """``{key: "task · model · extractor"}`` for several runs (``{key: (params, summary)}``),
+    unique among them: two tasks that share a name (``cohort.csv`` in two folders) get a
+    short hash of their cohort (``cohort [3fa2c1]``), and two runs that still share a label
+    a short hash of their key (e.g. the experiment folder)."""
+    from rl_benchmarks.utils.safe_names import unique_labels
+
+    tasks = unique_labels({task_key(p): task_name(p) for p, _ in runs.values()})
+    labels = {}
+    for key, (params, summary) in runs.items():
+        parts = [tasks[task_key(params)], model_name(params), recorded_extractor(params, summary) or ""]
+        labels[key] = " · ".join(p.strip() for p in parts if p and p.strip())
+    return unique_labels(labels, {key: str(key) for key in runs})
+
+
 def experiment_folder(root: str | os.PathLike, name: str) -> ExperimentFolder:
     """``<root>/cross_validation/<name>``."""
     return ExperimentFolder(Path(root) / CV_SUBDIR / name)
@@ -669,7 +771,8 @@ def iter_experiments(root: str | os.PathLike) -> Iterator[ExperimentFolder]:
 __all__ = [
     "ExperimentFolder", "ExperimentLock", "ExperimentLockedError", "NonFiniteMetricsError",
     "RestrictedUnpickler", "RunRecord", "UnsafePickleError", "build_dataset",
-    "check_finite_test_metrics", "cohort_identity", "experiment_identity", "features_identity",
-    "features_root", "load_legacy_pickle", "load_run", "predictions_frame", "recorded_extractor",
-    "run_extractor", "summarise_metrics",
+    "check_finite_test_metrics", "cohort_identity", "experiment_identity", "experiment_label", "experiment_labels",
+    "features_identity", "features_root", "load_legacy_pickle", "load_run", "model_name",
+    "predictions_frame", "recorded_extractor", "run_extractor", "summarise_metrics", "task_key",
+    "task_name",
 ]

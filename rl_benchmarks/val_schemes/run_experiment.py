@@ -56,13 +56,17 @@ class ExperimentResult:
 
 def prepare_config(cfg: DictConfig) -> DictConfig:
     """The run configuration (a copy): the ``model`` group placed in the trainer config,
-    ``device`` applied, and the loss/metrics of a CSV cohort set from its target
+    ``feature_extractor`` (short for ``task.data.feature_extractor``) and ``device``
+    applied, and the loss/metrics of a CSV cohort set from its target
     (:func:`rl_benchmarks.datasets.tasks.cohort_task_config`)."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     OmegaConf.set_struct(cfg, False)
     if "task" not in cfg or "validation_scheme" not in cfg.task:
         raise ValueError("the config has no task.validation_scheme: pass task=<task name or CSV>")
     trainer_cfg = cfg.task.validation_scheme.trainer_cfg
+    extractor = cfg.pop("feature_extractor", None)  # an alias: the run is named without it
+    if extractor is not None:
+        cfg.task.data.feature_extractor = extractor
     if cfg.get("model") is not None:
         trainer_cfg.model = cfg.model
     if cfg.get("device") is not None:

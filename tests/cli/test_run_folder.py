@@ -176,7 +176,7 @@ def test_legacy_folder_reads_with_results_and_report(tmp_path, capsys):
     from rl_benchmarks.reports.report import build_report
 
     rep = build_report(logs, draw_figures=False)
-    assert rep.experiments == ["Chowder · iBOTViTBasePANCAN · TCGA_CRC MSI"]
+    assert rep.experiments == ["tcga_crc_msi_prediction · Chowder · iBOTViTBasePANCAN"]
 
 
 # -- cv end to end: resume, identity, lock, non-finite metrics ---------------------------

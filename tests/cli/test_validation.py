@@ -178,13 +178,15 @@ def test_every_group_option_passes_its_own_check():
     """Every option of every config group (tasks, models, extractors...) is valid."""
     checked = 0
     assert cli._groups("cv") == ["model", "preset", "task"]
-    assert cli._groups("extract-slides") == ["feature_extractor", "slide_dataset"]
+    assert cli._groups("extract-slides") == ["feature_extractor", "slide_dataset", "stain_norm"]
     for name, spec in cli.COMMANDS.items():
         groups = cli._groups(name)
         variants = [[]] + [[f"{g}={o}"] for g in groups for o in _options(spec.conf_dir, g)]
         for overrides in variants:
             if overrides == ["slide_dataset=csv"]:
                 overrides = [*overrides, "slide_dataset.cohort=c.csv"]
+            if overrides and overrides[0].startswith("stain_norm=") and overrides[0] != "stain_norm=none":
+                overrides = [*overrides, "stain_norm.target=t.png"]  # a required key (???)
             cli.compose_checked(name, overrides)
             checked += 1
     assert checked > 40

@@ -205,6 +205,7 @@ def invocation_errors(calls: list[tuple[str, str, list[str]]]) -> list[str]:
     import importlib
 
     from rl_benchmarks.cli.main import COMMANDS, compose_checked
+    from rl_benchmarks.cli.multirun import single_runs
 
     bad = []
     for where, command, args in calls:
@@ -214,8 +215,9 @@ def invocation_errors(calls: list[tuple[str, str, list[str]]]) -> list[str]:
             continue
         module = importlib.import_module(COMMANDS[command].module)
         rewrite = getattr(module, "preprocess_overrides", None)
-        try:
-            compose_checked(command, rewrite(list(args)) if rewrite else args)
+        try:  # a sweep (-m, a,b values) is checked job by job, as it would run
+            for job in single_runs(command, args):
+                compose_checked(command, rewrite(list(job)) if rewrite else job)
         except Exception as exc:  # noqa: BLE001 - every failure is reported with its line
             bad.append(f"{where}: rlbench {command} {' '.join(args)}: {exc}")
     return bad

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from testlib.html import TableText
 
 from rl_benchmarks.reports.browser import dump_dom, find_chromium, screenshot
 from rl_benchmarks.reports.report import build_report
@@ -59,7 +60,7 @@ def test_report_links_every_picture_and_resolves(report, run_dir):
     assert report.path == run_dir / "report.html"
     assert report.experiments == ["cv/abmil", "cv/chowder", "cv/cox_meanpool"]
     assert sorted(p.name for p in report.figures) == [
-        "cv__abmil_roc.png", "cv__chowder_roc.png", "cv__cox_meanpool_km.png"]
+        "cv_abmil_roc.png", "cv_chowder_roc.png", "cv_cox_meanpool_km.png"]
     page = report.path.read_text()
     parser = _Links()
     parser.feed(page)
@@ -148,6 +149,55 @@ def test_report_names_rlbench_cv_experiments(tmp_path):
         "data": {"feature_extractor": "iBOTViTBasePANCAN", "train": {"cohort": "TCGA_CRC", "label": "MSI"}},
         "validation_scheme": {"trainer_cfg": {"model": {"_target_": "rl_benchmarks.models.ABMIL"}}}}})))
     rep = build_report(tmp_path)
-    assert rep.experiments == ["ABMIL · iBOTViTBasePANCAN · TCGA_CRC MSI"]
-    assert [p.name for p in rep.figures] == ["ABMIL_iBOTViTBasePANCAN_TCGA_CRC_MSI_roc.png"]
+    assert rep.experiments == ["tcga_crc_msi_prediction · ABMIL · iBOTViTBasePANCAN"]
+    assert [p.name for p in rep.figures] == ["tcga_crc_msi_prediction_ABMIL_iBOTViTBasePANCAN_roc.png"]
     assert rep.table["n_folds"].tolist() == [5]
+
+
+def _cv_run(root, name: str, cohort: str, extractor: str = "phikon", seed: int = 0) -> None:
+    """A ``rlbench cv`` run folder written by the experiment layer's writers."""
+    from rl_benchmarks.val_schemes.experiment import experiment_folder
+
+    exp = experiment_folder(root, name)
+    exp.reset()
+    frame = binary_predictions(seed=seed)
+    exp.write_params({"task": {"data": {"train": {"cohort": cohort, "label": None}},
+                               "validation_scheme": {"n_splits_outer": 5, "n_repeats_outer": 1, "trainer_cfg": {
+                                   "model": {"_target_": "rl_benchmarks.models.ABMIL"}}}}},
+                     {"features": {"extractor": extractor}})
+    metrics = {}
+    for k, g in frame.groupby("fold"):
+        key = f"repeat_1_split_{k + 1}"
+        exp.write_predictions(key, g.assign(fold=key))
+        metrics[key] = [0.5 + 0.05 * k]
+    exp.write_metrics("test", {"auc": metrics})
+    exp.write_summary({"extractor": extractor})
+    exp.write_status(True)
+
+
+def test_names_have_no_path_and_same_stems_stay_distinct(tmp_path):
+    """Two cohorts ``cohort.csv`` in two folders: distinct experiment names, distinct short
+    figure names, and no absolute path in report.html's tables or in a figure file name."""
+    from rl_benchmarks.val_schemes.results import collect_results
+
+    logs = tmp_path / "run"
+    site_a, site_b = str(tmp_path / "site_a" / "cohort.csv"), str(tmp_path / "site_b" / "cohort.csv")
+    _cv_run(logs, "expA", site_a, seed=1)
+    _cv_run(logs, "expB", site_b, seed=2)
+    _cv_run(logs, "expC", site_b, extractor="resnet50", seed=3)
+    write_csv(logs / "cross_validation" / "nested_cross_validation_results.csv", collect_results(logs),
+              index=False)  # what `rlbench results` writes: its cohort column holds the paths
+    rep = build_report(logs)
+    assert len(rep.experiments) == len(set(rep.experiments)) == 3
+    assert all(re.fullmatch(r"cohort \[[0-9a-f]{6}\] · ABMIL · (phikon|resnet50)", e) for e in rep.experiments)
+    assert len({e.split(" · ")[0] for e in rep.experiments}) == 2
+    names = [p.name for p in logs.rglob("*.png")]
+    assert len(set(names)) == 4 and "benchmark.png" in names  # 3 ROC + the benchmark figure
+    page = rep.path.read_text()
+    parser = TableText()
+    parser.feed(page)
+    tables = " ".join(parser.text)
+    assert "cohort.csv" in tables and "cohort [" in tables  # the cohort is shown, by name
+    for text in [tables, *names]:
+        assert str(tmp_path) not in text and "site_a" not in text and "site_b" not in text
+    assert 'id="benchmark-table"' in page and "Benchmark" in page

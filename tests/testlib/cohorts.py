@@ -62,3 +62,23 @@ def with_feature_folders(folder: Path, record_of) -> Path:
         frame.loc[i, "features_path"] = str(d / "features.npy")
     frame.to_csv(csv, index=False)
     return csv
+
+
+def shifted_binary_cohort(folder: Path, seed: int = 0, n_patients: int = 16, dim: int = 6) -> Path:
+    """A binary CSV cohort ``<folder>/cohort.csv`` (one slide of 6 tiles per patient, features
+    beside it) whose positive slides have 3 tiles shifted by +3 on the first feature."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        y = p % 2
+        x = rng.normal(size=(6, dim)).astype(np.float32)
+        x[:3, 0] += 3.0 * y
+        coords = np.stack([np.full(6, 12), np.arange(6), np.zeros(6)], 1)
+        np.save(folder / f"s{p}.npy", np.concatenate([coords, x], 1).astype(np.float32))
+        rows.append({"slide_id": f"s{p}", "features_path": f"s{p}.npy", "patient_id": f"P{p}",
+                     "label": ["neg", "pos"][y]})
+    path = folder / "cohort.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+

@@ -150,3 +150,47 @@ def test_bf16_fast_path_selects_like_fp32(model):
         assert abs(fs["inner_score"] - bs["inner_score"]) < 0.05
         np.testing.assert_allclose(b_test["auc"][key], f_test["auc"][key], atol=0.05)
         np.testing.assert_allclose(b_test["loss"][key], f_test["loss"][key], atol=0.02)
+
+
+class _FixedOrderCohort(ToyCohort):
+    """Reads keep each slide's tile order (TransMIL depends on it; a dataset built with
+    ``shuffle=False`` behaves so) and draw no random numbers (HIPT-MIL's dropout)."""
+
+    shuffle = False
+
+    def __getitem__(self, i: int):
+        import torch
+
+        return self.features[i], torch.tensor([self.labels[i]], dtype=torch.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [
+    {"_target_": "rl_benchmarks.models.HIPTMIL"},
+    {"_target_": "rl_benchmarks.models.TransMIL", "kw_cor": {"num_heads": 2},
+     "kw_agg": {"num_heads": 2}},
+], ids=["HIPTMIL", "TransMIL"])
+def test_fast_path_equals_plain_path_hipt_transmil(model):
+    """The two models added to the fast path: same selections, curves and predictions."""
+    from omegaconf import OmegaConf
+
+    cohort = _FixedOrderCohort(n_patients=16, n_tiles=8, ragged=True)
+    runs = []
+    for fast in (True, False):
+        cfg = trainer_cfg("MeanPool", num_epochs=2, batch_size=4)
+        cfg.model = OmegaConf.create({**model, "in_features": 8, "out_features": 1})
+        cv = NestedCrossValidation(cfg, grid_search_params=GRID, n_splits_outer=2,
+                                   n_splits_inner=2, seed=0, fast=fast, outer_folds=[0])
+        runs.append((cv, cv.run(cohort)[1]))
+    (f, f_test), (p, p_test) = runs
+    assert f.used_fast_path is True and p.used_fast_path is False
+    for key in f.selected_params:
+        fs, ps = f.selected_params[key], p.selected_params[key]
+        assert (fs["learning_rate"], fs["weight_decay"], fs["num_epochs"]) == (
+            ps["learning_rate"], ps["weight_decay"], ps["num_epochs"])
+        np.testing.assert_allclose([g["score"] for g in fs["grid_scores"]],
+                                   [g["score"] for g in ps["grid_scores"]], atol=1e-6)
+        np.testing.assert_allclose(f_test["auc"][key], p_test["auc"][key], atol=1e-6)
+        np.testing.assert_allclose(f_test["loss"][key], p_test["loss"][key], rtol=1e-4)
+        np.testing.assert_allclose(f.predictions[key]["logits"], p.predictions[key]["logits"],
+                                   rtol=1e-4, atol=1e-5)

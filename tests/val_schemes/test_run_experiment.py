@@ -6,29 +6,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
+from testlib.cohorts import shifted_binary_cohort
 
 from rl_benchmarks.val_schemes.experiment import ExperimentFolder
 
 D = 6
-
-
-def _cohort(folder, n_patients: int = 16):
-    """A binary CSV cohort whose positive slides have shifted tiles."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for p in range(n_patients):
-        y = p % 2
-        x = rng.normal(size=(6, D)).astype(np.float32)
-        x[:3, 0] += 3.0 * y
-        coords = np.stack([np.full(6, 12), np.arange(6), np.zeros(6)], 1)
-        np.save(folder / f"s{p}.npy", np.concatenate([coords, x], 1).astype(np.float32))
-        rows.append({"slide_id": f"s{p}", "features_path": f"s{p}.npy", "patient_id": f"P{p}",
-                     "label": ["neg", "pos"][y]})
-    path = folder / "cohort.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
 
 
 def _cfg(csv, logs):
@@ -49,7 +32,7 @@ def test_run_experiment_returns_what_it_wrote_then_skips(tmp_path, capsys):
     from rl_benchmarks.val_schemes.results import COLUMNS, EXTRA_COLUMNS, collect_results
     from rl_benchmarks.val_schemes.run_experiment import ExperimentResult, run_experiment
 
-    csv, logs = _cohort(tmp_path), tmp_path / "logs"
+    csv, logs = shifted_binary_cohort(tmp_path, dim=D), tmp_path / "logs"
     first = run_experiment(_cfg(csv, logs))
     assert isinstance(first, ExperimentResult) and not first.skipped
     assert first.folder.parent == logs / "cross_validation"
@@ -84,3 +67,17 @@ def test_collect_results_skips_incomplete_runs(tmp_path):
     exp = experiment_folder(tmp_path, "unfinished")
     exp.reset()  # a started run: status "not completed"
     assert collect_results(tmp_path).empty
+
+
+def test_feature_extractor_key_is_an_alias_that_does_not_change_the_name():
+    """``cv feature_extractor=X`` (the sweep-friendly key) is ``task.data.feature_extractor=X``."""
+    from rl_benchmarks.cli.main import compose_checked
+    from rl_benchmarks.utils.cross_validation import params2experiment_name
+    from rl_benchmarks.val_schemes.run_experiment import prepare_config
+
+    short = prepare_config(compose_checked("cv", ["feature_extractor=ResNet50"]))
+    long = prepare_config(compose_checked("cv", ["task.data.feature_extractor=ResNet50"]))
+    assert short.task.data.feature_extractor == "ResNet50" and "feature_extractor" not in short
+    assert params2experiment_name(short) == params2experiment_name(long)
+    default = prepare_config(compose_checked("cv", []))
+    assert params2experiment_name(default) != params2experiment_name(long)

@@ -2,6 +2,8 @@
 
     python tools/extract_features/extract_slide_features.py feature_extractor=iBOTViTBasePANCAN \\
         slide_dataset=tcga_coad n_tiles=1000 random_sampling=True seed=0 batch_size=64 num_workers=8 device=-1
+
+Hydra sweeps work here too (``-m key=a,b ... [hydra/launcher=joblib]``, docs/sweeps.md).
 """
 
 import sys

@@ -2,6 +2,8 @@
 
     python tools/extract_features/extract_tile_features.py feature_extractor=iBOTViTBasePANCAN \\
         tile_dataset=nct_crc batch_size=64 seed=0 num_workers=8 device=-1
+
+Hydra sweeps work here too (``-m key=a,b ... [hydra/launcher=joblib]``, docs/sweeps.md).
 """
 
 import sys

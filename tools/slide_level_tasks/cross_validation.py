@@ -5,6 +5,8 @@
         task.validation_scheme.trainer_cfg.batch_size=16 features_root_dir=... logs_root_dir=...
 
 ``task=`` may also be a cohort CSV
+
+Hydra sweeps work here too (``-m key=a,b ... [hydra/launcher=joblib]``, docs/sweeps.md).
 """
 
 import sys

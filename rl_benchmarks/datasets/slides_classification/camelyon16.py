@@ -8,7 +8,13 @@ from pathlib import Path
 import pandas as pd
 
 from rl_benchmarks import constants
-from rl_benchmarks.datasets._tables import before_first_dot, finish_slide_table, outer_merge, scan
+from rl_benchmarks.datasets._tables import (
+    before_first_dot,
+    finish_slide_table,
+    outer_merge,
+    scan,
+    scan_features,
+)
 from rl_benchmarks.datasets.validation import (
     check_known_values,
     check_label_spellings,
@@ -51,7 +57,8 @@ def load_camelyon16(
 ) -> pd.DataFrame:
     """Slide table of Camelyon16 ``cohort`` ("TRAIN" or "TEST").
 
-    Features are read from ``<features_root_dir>/CAMELYON16_FULL/<slide>.tif/features.npy``,
+    Features are read from ``<features_root_dir>/CAMELYON16_FULL/<slide>.tif/features.npy``
+    (or ``features.h5``, or a TRIDENT ``<slide>.h5``),
     coords from ``coords_<tile_size>/CAMELYON16_FULL/<slide>.tif/coords.npy``. Only slides
     listed in the clinical CSV are kept (a right merge); missing paths stay NaN.
     """
@@ -66,9 +73,9 @@ def load_camelyon16(
 
     tables = [
         scan(paths["COORDS"](tile_size), "*/coords.npy", "coords_path", folder),
-        scan(
+        scan_features(
             Path(features_root_dir) / "CAMELYON16_FULL" if features_root_dir else None,
-            "*/features.npy", "features_path", folder,
+            folder, name,
         ),
     ]
     if load_slide:

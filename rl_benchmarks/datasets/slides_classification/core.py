@@ -1,4 +1,5 @@
-"""Torch datasets over per-slide feature matrices (``features.npy``, (N, 3+D)).
+"""Torch datasets over per-slide feature matrices (``features.npy``, (N, 3+D), or a
+TRIDENT/CLAM ``.h5`` read through :func:`rl_benchmarks.utils.features.read_feature_matrix`).
 
 Features are memory-mapped and read per item, never preloaded: the RAM held by a dataset
 is its slide table plus the item being read. Every read checks the rows it read for NaN
@@ -59,8 +60,8 @@ class SlideFeaturesDataset(Dataset):
     """Items ``(float32 tensor (n_i, 3+D), float32 tensor (1,))`` over per-slide features.
 
     Args:
-        features: per slide, a ``features.npy`` path (memory-mapped at each read) or an
-            array (used as given).
+        features: per slide, a ``features.npy`` path (memory-mapped at each read), an
+            ``.h5`` path (TRIDENT/CLAM layout, read whole at each read) or an array.
         labels: one number per slide (NaN when unlabelled).
         n_tiles: tiles per item; a slide with fewer keeps all of its tiles. None = all.
         shuffle: draw a random subset in random order (the reference shuffles); False
@@ -122,7 +123,15 @@ class SlideFeaturesDataset(Dataset):
     def open(self, i: int) -> np.ndarray:
         """The feature matrix of slide ``i``, memory-mapped (nothing read yet)."""
         f = self.features[i]
-        return np.load(f, mmap_mode="r", allow_pickle=False) if isinstance(f, str) else f
+        if not isinstance(f, str):
+            return f
+        from rl_benchmarks.datasets.h5_features import H5FeaturesError
+        from rl_benchmarks.utils.features import read_feature_matrix
+
+        try:
+            return read_feature_matrix(f)
+        except H5FeaturesError as exc:
+            raise CohortError(f"slide {self.slide_id[i]}: {exc}") from None
 
     def read(self, i: int, idx: np.ndarray | None) -> np.ndarray:
         """Rows ``idx`` (None = all) of slide ``i``, checked for NaN/inf (an error naming
@@ -316,7 +325,7 @@ class SlideClassificationDataset(SlideFeaturesDataset):
             )
             raise CohortError(
                 f"{cohort}{'/' + label if label else ''}: no slide has features "
-                f"(looked for <slide>/features.npy under {where})"
+                f"(looked for <slide>/features.npy, <slide>/features.h5 or <slide>.h5 under {where})"
             )
         table.attrs.update(attrs)
         self.table = table

@@ -3,7 +3,8 @@
 Columns (header names are case-sensitive):
 
 * an id: ``slide_id``, or ``slide_path`` (the slide file; id = file name without its
-  extension), or ``features_path`` (id = the folder of ``features.npy``);
+  extension), or ``features_path`` (id = the folder of ``features.npy``/``features.h5``, or
+  the stem of a TRIDENT/CLAM ``<slide>.h5``);
 * ``patient_id`` (optional; default: each slide is its own patient);
 * ``center_id`` or ``center`` (optional);
 * the target: ``label`` (strings or numbers; binary or multiclass; values that differ
@@ -15,7 +16,8 @@ Columns (header names are case-sensitive):
 
 Relative paths are relative to the CSV's folder. Without ``features_path``, features are
 looked up under ``features_root_dir`` as ``<slide file name or slide_id>/features.npy``
-(at any depth, as the extraction writes them).
+(or ``features.h5``; at any depth, as the extraction writes them), or as a TRIDENT/CLAM
+``<slide>.h5`` (docs/interop.md).
 """
 
 from __future__ import annotations
@@ -61,15 +63,31 @@ def _resolve(value: object, base: Path) -> str | None:
 
 def _slide_id_from_features(path: str) -> str:
     p = Path(path)
-    return strip_slide_ext(p.parent.name) if p.name == "features.npy" else strip_slide_ext(p.stem)
+    if p.name in FOLDER_FEATURE_FILES:
+        return strip_slide_ext(p.parent.name)
+    return strip_slide_ext(p.stem)
+
+
+FOLDER_FEATURE_FILES = ("features.npy", "features.h5")
+"""Per-slide feature files named by their folder (``<slide>/features.npy`` first)."""
 
 
 def _index_features(root: Path) -> dict[str, list[str]]:
-    """Map folder names (with and without slide extension) -> features.npy paths."""
+    """Map slide names (with and without slide extension) -> feature files under ``root``:
+    ``<slide>/features.npy``, else ``<slide>/features.h5`` (one per folder: ``features.npy``
+    wins when ``output_format=both`` wrote both), and TRIDENT's flat ``<slide>.h5``."""
+    from rl_benchmarks.datasets.h5_features import H5_SUFFIXES
+
     index: dict[str, list[str]] = {}
-    for f in sorted(root.rglob("features.npy")):
-        keys = {f.parent.name, strip_slide_ext(f.parent.name)}
-        for k in keys:
+    per_folder: dict[Path, Path] = {}
+    for name in FOLDER_FEATURE_FILES:
+        for f in sorted(root.rglob(name)):
+            per_folder.setdefault(f.parent, f)
+    files = [(f.parent.name, f) for f in per_folder.values()]
+    for suffix in H5_SUFFIXES:
+        files += [(f.stem, f) for f in sorted(root.rglob(f"*{suffix}")) if f.name != "features.h5"]
+    for key, f in sorted(files, key=lambda kv: str(kv[1])):
+        for k in {key, strip_slide_ext(key)}:
             index.setdefault(k, []).append(str(f))
     return index
 

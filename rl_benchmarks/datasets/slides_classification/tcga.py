@@ -30,7 +30,13 @@ import numpy as np
 import pandas as pd
 
 from rl_benchmarks import constants
-from rl_benchmarks.datasets._tables import finish_slide_table, outer_merge, scan, strip_slide_ext
+from rl_benchmarks.datasets._tables import (
+    finish_slide_table,
+    outer_merge,
+    scan,
+    scan_features,
+    strip_slide_ext,
+)
 from rl_benchmarks.datasets.validation import (
     CohortError,
     check_conflicting_labels,
@@ -70,7 +76,8 @@ def load_histo(
 ) -> pd.DataFrame:
     """Slides, coords and features of one TCGA cohort, outer-merged on ``slide_id``.
 
-    ``<features_root_dir>/TCGA/<cohort>/<slide>.svs/features.npy`` and
+    ``<features_root_dir>/TCGA/<cohort>/<slide>.svs/features.npy`` (or ``features.h5``, or
+    a TRIDENT ``<slide>.h5``) and
     ``coords_<tile_size>/TCGA/<cohort>/<slide>.svs/coords.npy``; either may be absent.
     """
     paths = constants.tcga_paths(data_dir)
@@ -83,9 +90,9 @@ def load_histo(
 
     tables = [
         scan(paths["COORDS"](tile_size) / cohort, "*/coords.npy", "coords_path", folder),
-        scan(
+        scan_features(
             Path(features_root_dir) / "TCGA" / cohort if features_root_dir else None,
-            "*/features.npy", "features_path", folder,
+            folder, lambda p: strip_slide_ext(p.stem),
         ),
     ]
     if load_slide:

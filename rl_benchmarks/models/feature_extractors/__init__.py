@@ -2,6 +2,7 @@
 
 >>> ext = create_extractor("iBOTViTBasePANCAN", weights_path="ibot_vit_base_pancan.pth")
 >>> feats = ext(torch.stack([ext.transform(tile) for tile in tiles]))   # (B, 768) float32
+>>> uni = create_extractor("uni", weights_path="UNI/", precision="bf16")  # today's encoders: ENCODERS
 """
 
 from rl_benchmarks.models.feature_extractors.core import (
@@ -12,6 +13,7 @@ from rl_benchmarks.models.feature_extractors.core import (
     ParallelExtractor,
     prepare_module,
 )
+from rl_benchmarks.models.feature_extractors.encoders import ENCODERS, EncoderSpec
 from rl_benchmarks.models.feature_extractors.ibot_vit import iBOTViT
 from rl_benchmarks.models.feature_extractors.registry import (
     REGISTRY,
@@ -22,9 +24,11 @@ from rl_benchmarks.models.feature_extractors.registry import (
 from rl_benchmarks.models.feature_extractors.weights import WeightsError
 
 __all__ = [
+    "ENCODERS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "REGISTRY",
+    "EncoderSpec",
     "Extractor",
     "ModuleExtractor",
     "ParallelExtractor",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rl_benchmarks.models.feature_extractors.core import Extractor
+from rl_benchmarks.models.feature_extractors.encoders import ENCODERS, EncoderSpec, is_spec_path
 from rl_benchmarks.models.feature_extractors.weights import WeightsError
 
 
@@ -72,6 +73,24 @@ def _phikon_hf(**kw: Any) -> Extractor:
     return make_phikon_hf(**kw)
 
 
+def _encoder(spec: EncoderSpec) -> Callable[..., Extractor]:
+    def factory(**kw: Any) -> Extractor:
+        from rl_benchmarks.models.feature_extractors.encoder_build import make_encoder
+
+        return make_encoder(spec, **kw)
+
+    return factory
+
+
+def _encoder_specs() -> list[ExtractorSpec]:
+    """One registry entry per row of :data:`~rl_benchmarks.models.feature_extractors.encoders.ENCODERS`
+    (the output option changes the size, so the size check is the builder's)."""
+    return [ExtractorSpec(s.name, _encoder(s), s.feature_dim(), s.tile_size, s.mpp,
+                          f"{s.arch} ({s.kind}), {s.output} output; weights: {s.weights_format}",
+                          check_dim=False)
+            for s in ENCODERS.values()]
+
+
 REGISTRY: dict[str, ExtractorSpec] = {
     s.name: s for s in [
         ExtractorSpec("iBOTViTBasePANCAN", _ibot("vit_base_pancan"), 768, 224, 0.5,
@@ -96,6 +115,7 @@ REGISTRY: dict[str, ExtractorSpec] = {
         ExtractorSpec("phikon_hf", _phikon_hf, 768, 224, 0.5,
                       "owkin/phikon-format Hugging Face folder, loaded with transformers",
                       check_dim=False),
+        *_encoder_specs(),
     ]
 }
 ALIASES: dict[str, str] = {"phikon": "iBOTViTBasePANCAN"}
@@ -105,26 +125,30 @@ _SHAPE_KEYS = {"embed_dim", "depth", "num_heads", "num_features", "depths", "lay
 
 #: How :func:`list_extractors` shows the family of names ``timm:<architecture>``.
 TIMM_PATTERN = "timm:<arch>"
+#: How :func:`list_extractors` shows an encoder described by a YAML spec file.
+SPEC_PATTERN = "<path/to/spec.yaml>"
 
 
 def list_extractors(include_aliases: bool = True, include_timm: bool = True) -> list[str]:
-    """Every name :func:`create_extractor` accepts: the registered names, then the aliases
-    (``phikon``) and the pattern ``timm:<arch>`` (any timm architecture, e.g.
-    ``timm:vit_small_patch16_224``). ``include_aliases=False, include_timm=False`` gives
-    the registered names only."""
+    """Every name :func:`create_extractor` accepts: the registered names (today's encoders of
+    :mod:`~rl_benchmarks.models.feature_extractors.encoders` among them), then the aliases
+    (``phikon``) and the patterns ``timm:<arch>`` (any timm architecture, e.g.
+    ``timm:vit_small_patch16_224``) and ``<path/to/spec.yaml>`` (an encoder spec file).
+    ``include_aliases=False, include_timm=False`` gives the registered names only."""
     names = list(REGISTRY)
     if include_aliases:
         names += list(ALIASES)
     if include_timm:
-        names.append(TIMM_PATTERN)
+        names += [TIMM_PATTERN, SPEC_PATTERN]
     return names
 
 
 def resolve_name(name: str) -> str:
-    """Canonical registry name of ``name`` (aliases resolved); ``timm:...`` passes through."""
+    """Canonical registry name of ``name`` (aliases resolved); ``timm:...`` and spec files
+    (``*.yaml``) pass through."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"extractor name must be a non-empty string, got {name!r}")
-    if name.startswith("timm:"):
+    if name.startswith("timm:") or is_spec_path(name):
         return name
     name = ALIASES.get(name, name)
     if name not in REGISTRY:
@@ -159,6 +183,13 @@ def create_extractor(
         extractor = make_timm_extractor(canonical[len("timm:"):], name=canonical, **common,
                                         **kwargs)
         return extractor.place(device)
+    if is_spec_path(canonical):  # an encoder described by a YAML file (docs/encoders.md)
+        from rl_benchmarks.models.feature_extractors.encoder_build import make_encoder
+        from rl_benchmarks.models.feature_extractors.encoders import spec_from_yaml
+
+        enc, default_weights = spec_from_yaml(canonical)
+        common["weights_path"] = weights_path or default_weights
+        return make_encoder(enc, **common, **kwargs).place(device)
     spec = REGISTRY[canonical]
     if pretrained and weights_path is None and canonical != "iBOTViTBasePANCAN":
         raise WeightsError(f"{canonical} is a pretrained model and needs weights_path=<local "

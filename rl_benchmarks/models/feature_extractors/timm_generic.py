@@ -79,7 +79,9 @@ def make_timm_extractor(
         state = _filter(state, model)
         load_strict(model, state, weights_path, ignore=_classifier_patterns(model))
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    size = tile_size or int((cfg.get("input_size") or (3, 224, 224))[-1])
+    img_size = model_kwargs.get("img_size")  # a built size beats the architecture's default
+    img_size = img_size[-1] if isinstance(img_size, (tuple, list)) else img_size
+    size = tile_size or int(img_size or (cfg.get("input_size") or (3, 224, 224))[-1])
     return ModuleExtractor(
         model, name=name or f"timm:{arch}", feature_dim=int(model.num_features), tile_size=size,
         mpp=mpp, mean=mean if mean is not None else cfg.get("mean", IMAGENET_MEAN),

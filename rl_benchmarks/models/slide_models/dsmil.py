@@ -96,9 +96,25 @@ class DSMIL(nn.Module):
         """Tile scores (B,N,C), s_max (B,C), attention (B,N,C) and s_bag (B,C)."""
         x = split_features(features, self.metadata_cols)
         mask = prepare_mask(mask, features)
-        scores = self.tiles_scores(x, mask)  # (B, N, C)
+        return self._branches_from(x, mask)
+
+    def _branches_from(
+        self, x: torch.Tensor, mask: torch.Tensor | None,
+        first_scores: torch.Tensor | None = None, first_queries: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_branches` on feature columns ``x`` (B, N, D) and a (B, N, 1) mask or None.
+        ``first_scores`` / ``first_queries``: the outputs of the first layer of
+        ``tiles_scores`` / ``tiles_queries`` when the caller computed them (the nested-CV
+        fast path computes them for several members in one matmul)."""
+        if first_scores is None:
+            scores = self.tiles_scores(x, mask)  # (B, N, C)
+        else:
+            scores = self.tiles_scores.forward_from(first_scores, mask, 1)
         s_max, idx = self.extreme_layer(scores, mask)  # (B, 1, C) each
-        queries = self.tiles_queries(x, mask)  # (B, N, dq)
+        if first_queries is None:
+            queries = self.tiles_queries(x, mask)  # (B, N, dq)
+        else:
+            queries = self.tiles_queries.forward_from(first_queries, mask, 1)
         critical = idx.squeeze(1).clamp_min(0)  # (B, C); -1 only for a slide without tiles
         q_star = torch.gather(
             queries, 1, critical.unsqueeze(-1).expand(-1, -1, queries.shape[-1])
@@ -115,11 +131,23 @@ class DSMIL(nn.Module):
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, metadata_cols + D), (B, N, 1) -> logits (B, out_features)."""
         _, s_max, _, s_bag = self._branches(features, mask)
+        return self._combine(s_max, s_bag)
+
+    def _combine(self, s_max: torch.Tensor, s_bag: torch.Tensor) -> torch.Tensor:
         if self.out_logits == "max":
             return s_max
         if self.out_logits == "bag":
             return s_bag
         return 0.5 * (s_max + s_bag)
+
+    def _forward_from_first(
+        self, x: torch.Tensor, mask: torch.Tensor | None, first_scores: torch.Tensor,
+        first_queries: torch.Tensor,
+    ) -> torch.Tensor:
+        """:meth:`forward` from the feature columns and the first layers' outputs (see
+        :meth:`_branches_from`): logits (B, out_features)."""
+        _, s_max, _, s_bag = self._branches_from(x, mask, first_scores, first_queries)
+        return self._combine(s_max, s_bag)
 
     def tile_scores(
         self, features: torch.Tensor, mask: torch.Tensor | None = None, class_index: int = 0

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .utils import (
@@ -111,8 +112,27 @@ class PPEG(nn.Module):
         self.group_conv2 = nn.Conv2d(dim, dim, 5, 1, 5 // 2, groups=groups)
         self.group_conv1 = nn.Conv2d(dim, dim, 3, 1, 3 // 2, groups=groups)
 
+    # One convolution with the three kernels summed (the 5x5 and 3x3 zero-padded to 7x7) and
+    # the three biases summed: the same function (all "same"-padded and centred, so
+    # conv7(x) + conv5(x) + conv3(x) = conv(x, W7 + pad(W5) + pad(W3))), 49 instead of
+    # 7*7 + 5*5 + 3*3 = 83 kernel taps per output, so about 1.7x fewer FLOPs forward and
+    # backward; only float rounding differs. Off by default (the reference sums three
+    # convolutions); the nested-CV fast path switches it on in its own copy of the model.
+    merge_kernels: bool = False
+
+    def merged_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The 7x7 kernel and bias equal to the sum of the three convolutions."""
+        w = (self.group_conv3.weight + F.pad(self.group_conv2.weight, (1, 1, 1, 1))
+             + F.pad(self.group_conv1.weight, (2, 2, 2, 2)))
+        biases = [c.bias for c in (self.group_conv3, self.group_conv2, self.group_conv1)]
+        b = None if any(x is None for x in biases) else biases[0] + biases[1] + biases[2]
+        return w, b
+
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         """(B, D, H, W) -> (B, D, H, W)."""
+        if self.merge_kernels:
+            w, b = self.merged_weight()
+            return grid + F.conv2d(grid, w, b, padding=3, groups=self.group_conv3.groups)
         # summed 7, 5, 3 as before the rename: the same float rounding
         return grid + self.group_conv3(grid) + self.group_conv2(grid) + self.group_conv1(grid)
 

@@ -12,6 +12,7 @@ import torch
 
 from rl_benchmarks.models import create_extractor
 from rl_benchmarks.models.feature_extractors import REGISTRY, list_extractors
+from rl_benchmarks.models.feature_extractors.encoders import ENCODERS
 from rl_benchmarks.models.feature_extractors.hf import export_hf, recorded_num_heads
 from rl_benchmarks.models.feature_extractors.ibot_vit import build_vit
 from rl_benchmarks.pretraining.train import export_teacher
@@ -27,6 +28,8 @@ def test_list_extractors_names_aliases_and_timm():
     for name in names:
         if name == "timm:<arch>":
             name = "timm:resnet18"
+        if name == "<path/to/spec.yaml>" or name in ENCODERS:
+            continue  # issue 18's encoders and spec files: test_encoders.py, test_encoders_weights.py
         kwargs = {"layers": (1, 1, 1, 1)} if name in ("ResNet50", "MoCoWideResNetCOAD",
                                                        "timm:resnet18") else {}
         if name.startswith(("iBOT", "Dino", "phikon")):

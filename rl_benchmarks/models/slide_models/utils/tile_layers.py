@@ -74,6 +74,12 @@ class TilesMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, in_features) -> (B, N, out_features)."""
-        for layer in self.hidden_layers:
+        return self.forward_from(x, mask, 0)
+
+    def forward_from(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                     start: int = 0) -> torch.Tensor:
+        """The layers ``hidden_layers[start:]`` on ``x`` (the output of layer ``start - 1``):
+        the nested-CV fast path computes the first layer of several models at once."""
+        for layer in self.hidden_layers[start:]:
             x = layer(x, mask) if isinstance(layer, MaskedLinear) else layer(x)
         return x
