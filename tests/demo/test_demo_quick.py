@@ -54,3 +54,4 @@ def test_demo_quick_produces_every_linked_file(tmp_path, capsys):
     abmil = loc[loc.experiment.str.startswith("cohort_classification") & (loc.model == "ABMIL")]
     assert len(abmil) == 11 and abmil["auroc"].mean() > 0.8, abmil
     assert "Localisation of the planted islands" in html
+    assert 'id="localisation-table"' in html  # report.html's Localisation section, from localisation.csv
