@@ -12,6 +12,13 @@ With ``--device cuda`` (section ``extraction_gpu``) the same two measurements ru
 GPU, at fp32, bf16 and fp16, with a larger batch and more loader workers; with
 ``--real-slides K`` the tiles come from K copies of each real SVS slide of the shared data
 folder (JPEG and JPEG 2000 tiles) instead of the generated TIFF.
+
+``--decode cpu,gpu`` adds a row per decoder: ``cpu`` decodes JPEG tiles in the DataLoader
+workers, ``gpu`` (extract-slides ``decode=gpu``) has the workers read the compressed tiles and
+decodes them with nvJPEG on the extractor's GPU (rl_benchmarks/slides/jpeg_tiles.py). With
+``--device cpu`` the ``gpu`` rows run that same main-process path with ``decode_jpeg`` on the
+CPU: a smoke test of the code, not a measurement of GPU decoding. ``--no-write`` leaves
+BENCHMARKS.md alone.
 """
 
 from __future__ import annotations
@@ -118,9 +125,12 @@ def sync(extractor) -> None:
 
 
 def pipeline(extractor, jobs: list[tuple[Path, np.ndarray]], n_tiles: int, batch_size: int,
-             workers: int, work: Path) -> float:
+             workers: int, work: Path, decode: str = "cpu") -> float:
     """Tiles/s of ``run_slide_extraction`` over ``jobs`` (slide, coords), at most
-    ``n_tiles`` tiles in all (taken slide by slide)."""
+    ``n_tiles`` tiles in all (taken slide by slide), JPEG tiles decoded as ``decode`` says
+    (``gpu`` on a CPU extractor: the main-process path with decode_jpeg on the CPU)."""
+    import rl_benchmarks.extraction.slides as slides_mod
+
     out = work / f"out_{workers}_{time.perf_counter_ns()}"
     inputs, left = [], n_tiles
     for slide, coords in jobs:
@@ -130,14 +140,26 @@ def pipeline(extractor, jobs: list[tuple[Path, np.ndarray]], n_tiles: int, batch
         np.save(cpath, coords[:left])
         inputs.append(SlideInput(slide, slide.name, cpath))
         left -= len(coords[:left])
-    settings = SlideExtractionSettings(batch_size=batch_size, num_workers=workers, progress=False)
+    smoke = decode == "gpu" and extractor.device.type != "cuda"
+    settings = SlideExtractionSettings(batch_size=batch_size, num_workers=workers, progress=False,
+                                       decode="auto" if smoke else decode)
+    real_resolve = slides_mod.resolve_decode
+    if smoke:  # the device path, on the CPU
+        slides_mod.resolve_decode = lambda d, dev: torch.device("cpu") if d == "auto" else None
     # warm-up batch outside the timing (model kernels, page cache)
-    extractor(torch.randn(batch_size, 3, 224, 224))
+    extractor(torch.randn(batch_size, 3, 224, 224, device=extractor.device))
     sync(extractor)
-    t0 = time.perf_counter()
-    summary = run_slide_extraction(inputs, out, extractor, settings)
-    dt = time.perf_counter() - t0
+    try:
+        t0 = time.perf_counter()
+        summary = run_slide_extraction(inputs, out, extractor, settings)
+        dt = time.perf_counter() - t0
+    finally:
+        slides_mod.resolve_decode = real_resolve
     assert summary.n_tiles == n_tiles - max(left, 0) and not summary.failed, summary
+    if decode == "gpu":
+        fallback = {k: v for k, v in summary.decoders.items() if not v.startswith("device")}
+        if fallback:
+            print(f"  note: decode=gpu fell back to the CPU for {fallback}")
     shutil.rmtree(out)
     return summary.n_tiles / dt
 
@@ -169,6 +191,11 @@ def main() -> None:
                         help="BENCHMARKS.md section (default extraction, or extraction_gpu)")
     parser.add_argument("--workers", type=int, default=None,
                         help="loader workers of the ViT-B pipeline (default 1; GPU: 8)")
+    parser.add_argument("--decode", default="cpu",
+                        help="comma-separated JPEG decoders to compare: cpu (loader workers), "
+                             "gpu (nvJPEG in the main process; on --device cpu: the same path "
+                             "with decode_jpeg on the CPU, a smoke test)")
+    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     parser.add_argument("--scaling-workers", default=None,
                         help="comma-separated num_workers of the tiny-ViT rows "
                              "(default 0,1,2; GPU: 0,2,4,8,14)")
@@ -182,6 +209,9 @@ def main() -> None:
                                         or ("0,2,4,8,14" if gpu else "0,1,2")).split(",")]
     precisions = (args.precisions.split(",") if args.precisions else
                   ("fp32", "bf16", "fp16") if gpu else ("fp32", "bf16"))
+    decodes = args.decode.split(",")
+    if any(d not in ("cpu", "gpu") for d in decodes):
+        raise SystemExit(f"--decode {args.decode}: give cpu, gpu or cpu,gpu")
     n_big = 32 if args.quick else (args.tiles or (4096 if gpu else 128))
     n_small = 256 if args.quick else (args.tiles or (8192 if gpu else 2048))
     work = Path(tempfile.mkdtemp(prefix="rlb_extract_bench_"))
@@ -215,18 +245,20 @@ def main() -> None:
         ext = create_extractor("iBOTViTBasePANCAN", pretrained=False,
                                precision=precision).place(args.device)
         alone = model_alone(ext, n_big, batch)
-        pipe = pipeline(ext, jobs, n_big, batch, workers, work)
-        rows.append((precision, alone, pipe))
-        print(f"ViT-B {precision}: model alone {alone:.2f} tiles/s, pipeline {pipe:.2f} tiles/s, "
-              f"ratio {pipe / alone:.3f}")
+        for decode in decodes:
+            pipe = pipeline(ext, jobs, n_big, batch, workers, work, decode)
+            rows.append((precision, decode, alone, pipe))
+            print(f"ViT-B {precision}, decode={decode}: model alone {alone:.2f} tiles/s, "
+                  f"pipeline {pipe:.2f} tiles/s, ratio {pipe / alone:.3f}")
     tiny = create_extractor("iBOTViTBasePANCAN", pretrained=False, depth=1, embed_dim=32,
                             num_heads=2).place(args.device)
     tiny_alone = model_alone(tiny, n_small, 64)
     scaling = []
-    for w in scaling_workers:
-        rate = pipeline(tiny, jobs, n_small, 64, w, work)
-        scaling.append((w, rate))
-        print(f"tiny ViT, num_workers={w}: {rate:.1f} tiles/s")
+    for decode in decodes:
+        for w in scaling_workers:
+            rate = pipeline(tiny, jobs, n_small, 64, w, work, decode)
+            scaling.append((decode, w, rate))
+            print(f"tiny ViT, decode={decode}, num_workers={w}: {rate:.1f} tiles/s")
     shutil.rmtree(work, ignore_errors=True)
 
     title = ("Feature extraction on a GPU" if gpu else
@@ -238,19 +270,20 @@ def main() -> None:
         f"Slides: {source}; {n_big} tiles per ViT-B measurement, batch {batch}, "
         f"num_workers={workers}; random weights." + (f" {args.note}" if args.note else ""),
         "",
-        "| model | precision | model alone (tiles/s) | pipeline (tiles/s) | pipeline / model |",
-        "|---|---|---|---|---|",
+        "| model | precision | decode | model alone (tiles/s) | pipeline (tiles/s) | pipeline / model |",
+        "|---|---|---|---|---|---|",
     ]
-    md += [f"| ViT-B/16 | {p} | {a:.2f} | {b:.2f} | **{b / a:.3f}** |" for p, a, b in rows]
+    md += [f"| ViT-B/16 | {p} | {d} | {a:.2f} | {b:.2f} | **{b / a:.3f}** |"
+           for p, d, a, b in rows]
     md += [
         "",
         f"I/O-bound case: a tiny ViT (1 block, 32-d; model alone {tiny_alone:.0f} tiles/s), "
         f"{n_small} tiles, batch 64:",
         "",
-        "| num_workers | pipeline tiles/s |",
-        "|---|---|",
+        "| decode | num_workers | pipeline tiles/s |",
+        "|---|---|---|",
     ]
-    md += [f"| {w} | {r:.1f} |" for w, r in scaling]
+    md += [f"| {d} | {w} | {r:.1f} |" for d, w, r in scaling]
     md += [""]
     if gpu:
         md += ["Model alone: a batch already on the GPU, timed to a `cuda.synchronize`. The "
@@ -263,6 +296,14 @@ def main() -> None:
                "cores the workers share the cores with the model, so more workers cannot help "
                "a CPU-bound ViT-B; they matter on a GPU, where the tiny-model row is the "
                "relevant one."]
+    if "gpu" in decodes:
+        md += ["", "decode=gpu: DataLoader workers read the compressed JPEG tiles; the main "
+               "process decodes each batch's TIFF tiles with one torchvision `decode_jpeg` call "
+               f"on {'the GPU (nvJPEG)' if gpu else 'the CPU (a smoke test of the path)'}, "
+               "then crops, shrinks and pads them there (docs/extraction.md)."]
+    if args.no_write:
+        print("\n".join(md))
+        return
     write_section(args.section or ("extraction_gpu" if gpu else "extraction"), "\n".join(md))
 
 

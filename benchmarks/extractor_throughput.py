@@ -11,7 +11,8 @@ Three parts:
 2. **Paths** on ViT-B/16 (Phikon's shape, random weights), batch ``--batch``: timm fp32, timm
    under ``torch.autocast`` bf16, timm with bf16 weights, the fast path
    (:mod:`rl_benchmarks.models.feature_extractors.fast_inference`: bf16 weights, bmm
-   attention, oneDNN-fused linears; the default for ``precision=bf16`` on the CPU) and its
+   attention, oneDNN-fused linears; the default on the CPU for ``precision=bf16``, and in fp32
+   with the module's own weights) and its
    variants (unfused, fp32 residual stream, fp32), and with ``--compile`` the bf16-weight model
    under ``torch.compile`` (inductor, freezing; its compile time is reported). Batches of all
    paths are timed in turns (ABC… ABC…) so they see the same machine load; rates are medians.
@@ -19,7 +20,7 @@ Three parts:
    ``torch.utils.flop_counter`` (35.1 GFLOP for ViT-B/16 at 224 px). Cosine similarity to
    fp32 features is per tile, on the real CRC tiles when the shared data folder is found
    ($RLB_REAL_DATA or ../shared/data), else on random pixels.
-3. **Sizes** (issue 18): tiles/s at fp32 (plain) and bf16 (default path) with the peak RSS of
+3. **Sizes** (issue 18): tiles/s at fp32 and bf16 (each precision's default path) with the peak RSS of
    a fresh process for each ViT size S/16, B/16, L/16, H/14, g/14 (timm, random weights;
    few tiles for the big ones). bf16 models are created directly in bf16 (as the encoder
    loader does: no fp32 copy).
@@ -308,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _DT = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PLAIN32 = "timm fp32 (inference_path=plain)"  # the reference every path is compared with
 
 
 def part_paths(args: argparse.Namespace, roof: dict[str, float]) -> Any:
@@ -323,28 +325,29 @@ def part_paths(args: argparse.Namespace, roof: dict[str, float]) -> Any:
     bf16_weights = copy.deepcopy(net).to(torch.bfloat16)
     # name -> (callable, roofline it is compared with)
     paths: dict[str, tuple[Any, str]] = {
-        "timm fp32 (default for fp32)": (net, "fp32"),
+        PLAIN32: (net, "fp32"),
         "timm, torch.autocast bf16": (lambda t: _autocast(net, t), "bf16"),
         "timm, bf16 weights": (lambda t: bf16_weights(t.to(torch.bfloat16)), "bf16"),
         "fast bf16 (default for bf16)": (build_fast_module(net, "bf16"), "bf16"),
         "fast bf16, unfused (no oneDNN post-ops)": (build_fast_module(net, "bf16", fused=False), "bf16"),
         "fast bf16, fp32 residual stream": (build_fast_module(net, "bf16", residual_fp32=True), "bf16"),
-        "fast fp32 (inference_path=fast)": (build_fast_module(net, "fp32"), "fp32"),
+        "fast fp32 (default for fp32)": (build_fast_module(net, "fp32"), "fp32"),
     }
     compile_s = None
     if args.compile:
         fn, compile_s = compile_bf16(net, x)
         paths["torch.compile bf16 weights (inductor, freezing)"] = (fn, "bf16")
     times, outs = time_paths({k: v[0] for k, v in paths.items()}, x, args.warmup, args.rounds)
+    record = {"fp32": ext.record()}
     ext.precision = "bf16"
-    record = ext.record()
+    record["bf16"] = ext.record()
     return partial(_paths_md, args, gflop, source, paths, times, outs, record, compile_s)
 
 
 def _paths_md(args: argparse.Namespace, gflop: float, source: str, paths: dict, times: dict, outs: dict,
               record: dict, compile_s: float | None, roof: dict[str, float]) -> list[str]:
     median = {k: statistics.median(v) for k, v in times.items()}
-    ref = outs["timm fp32 (default for fp32)"]
+    ref = outs[PLAIN32]
     md = [
         f"**Paths**, {'tiny ViT (quick run)' if args.quick else 'ViT-B/16 (Phikon shape, random weights)'}: "
         f"{gflop:.1f} GFLOP per 224-px tile (flop_counter), so the roofline is "
@@ -356,15 +359,15 @@ def _paths_md(args: argparse.Namespace, gflop: float, source: str, paths: dict, 
         "cosine to fp32 (min) |",
         "|---|---|---|---|---|---|",
     ]
-    base = args.batch / median["timm fp32 (default for fp32)"]
+    base = args.batch / median[PLAIN32]
     for name, sec in median.items():
         rate, kind = args.batch / sec, paths[name][1]
         cos = torch.nn.functional.cosine_similarity(outs[name], ref, dim=1).min()
         spread = f"{args.batch / max(times[name]):.2f}–{args.batch / min(times[name]):.2f}"
         md.append(f"| {name} | {rate:.2f} | {spread} | {rate * gflop / roof[kind]:.2f} of {kind} | "
                   f"{rate / base:.2f}× | {cos:.6f} |")
-    md += ["", f"- The extractor's record at `precision=bf16` on this machine: `inference_path="
-           f"{record['inference_path']}` ({record['inference_detail']})."]
+    md += [""] + [f"- The extractor's record at `precision={p}` on this machine: `inference_path="
+                  f"{r['inference_path']}` ({r['inference_detail']})." for p, r in record.items()]
     if compile_s is not None:
         md.append(f"- torch.compile: {compile_s:.0f} s (wall) to compile, first call included; inductor caches "
                   "the graph under /tmp/torchinductor_$USER for later processes.")

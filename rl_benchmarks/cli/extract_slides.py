@@ -48,6 +48,12 @@ def main(cfg: DictConfig) -> int:
         print(f"extract-slides: {summary.line()}")
         for slide_id, error in sorted(summary.failed.items()):
             print(f"  failed: {slide_id}: {error}", file=sys.stderr)
+        fallback = sorted((k, v[5:]) for k, v in summary.decoders.items() if v.startswith("cpu"))
+        for slide_id, why in fallback[:10]:
+            print(f"  decoded on the CPU ({why}): {slide_id}")
+        if len(fallback) > 10:
+            print(f"  ... and {len(fallback) - 10} more slides decoded on the CPU "
+                  f"(features.json: decoder_fallback)")
         for slide_id, owner in sorted(summary.held.items()):
             print(f"  left to another run ({owner}): {slide_id}")
         if summary.failed:

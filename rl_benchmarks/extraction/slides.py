@@ -30,6 +30,11 @@ Design:
   span two slides, so a slide's features do not depend on which other slides a rank holds
   (1 rank and K ranks give identical files). Workers keep one OpenSlide handle per slide
   and return uint8 tiles; normalisation runs batched on tensors in the main process.
+  With ``decode=gpu`` (or ``auto`` on CUDA) the workers of slides stored as JPEG tiles only
+  read the compressed tiles and the main process decodes them on the GPU
+  (:mod:`rl_benchmarks.slides.jpeg_tiles`; other slides are read as before). The decoder
+  is recorded per slide (``decoder`` in ``features.json``) but is not a setting: the pixels
+  are the CPU path's within JPEG-decoder tolerance.
 * **Write.** When a slide's last batch is done, its JSON record and then its matrix are
   written atomically (``features.npy`` last: its presence means "done"). With
   ``output_format=h5`` (or ``both``) a TRIDENT-layout ``features.h5`` is written instead of
@@ -71,6 +76,10 @@ RECORD_NAME = "features.json"
 FAILURES_NAME = "failures.csv"
 PARAMS_NAME = "extraction_params.json"
 LOCK_NAME = ".rlbench.lock"
+DECODES = ("cpu", "gpu", "auto")
+"""``decode``: cpu (DataLoader workers decode, the reference's way), gpu (workers read the
+compressed JPEG tiles, the extractor's CUDA device decodes them), auto (gpu when the
+extractor runs on CUDA)."""
 
 
 class StaleOutputError(ValueError):
@@ -142,6 +151,7 @@ class SlideExtractionSettings:
     output_format: str = "npy"  # npy (the reference's), h5 (TRIDENT layout) or both
     reader: str = "auto"  # slide reader backend (rl_benchmarks.slides.backends); same pixels whichever
     stain_norm: Any = None  # a rl_benchmarks.slides.stain.StainNormalizer, or None
+    decode: str = "cpu"  # cpu | gpu | auto: where JPEG tiles are decoded (see resolve_decode)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -163,6 +173,8 @@ class SlideExtractionSettings:
         from rl_benchmarks.slides.backends import check_reader
 
         check_reader(self.reader)
+        if self.decode not in DECODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODES)}, got {self.decode!r}")
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, "
                              f"got {self.output_format!r}")
@@ -180,14 +192,20 @@ class ExtractionSummary:
     legacy: list[str] = field(default_factory=list)  # skipped outputs without a record
     n_tiles: int = 0
     seconds: float = 0.0
+    decoders: dict[str, str] = field(default_factory=dict)
+    """decode=gpu|auto: slide id -> its decoder ("device (decode_jpeg on cuda:0)", or
+    "cpu: <why not the device>")."""
 
     def line(self) -> str:
         rate = self.n_tiles / self.seconds if self.seconds > 0 else 0.0
         held = f", {len(self.held)} left to another live run" if self.held else ""
+        n_dev = sum(v.startswith("device") for v in self.decoders.values())
+        dec = (f"; JPEG decoded on the device for {n_dev} slide(s), on the CPU for "
+               f"{len(self.decoders) - n_dev}" if self.decoders else "")
         return (
             f"{len(self.done)} slides done, {len(self.skipped)} skipped (already extracted), "
             f"{len(self.failed)} failed{held}; {self.n_tiles} tiles in {self.seconds:.1f} s "
-            f"({rate:.1f} tiles/s); outputs in {self.output_dir}"
+            f"({rate:.1f} tiles/s){dec}; outputs in {self.output_dir}"
         )
 
 
@@ -316,28 +334,35 @@ def check_coords_settings(slides: Sequence[SlideInput], tile_size: int, mpp: flo
 
 class _TileBatches(Dataset):
     """Item k = batch k: (uint8 tiles (b,T,T,3), slide index, first tile index, error
-    message or "")."""
+    message or "", why not compressed or ""). With ``jpeg`` the tiles of a slide whose level
+    :class:`~rl_benchmarks.slides.jpeg_tiles.JpegTiles` supports are a
+    :class:`~rl_benchmarks.slides.jpeg_tiles.CompressedBatch` (JPEG streams, decoded later
+    on the extractor's device); the other slides' are read as without it, and the last item
+    says why."""
 
     def __init__(self, slides: list[tuple[Path, np.ndarray]], batches: list[tuple[int, int, int]],
-                 tile_size: int, reader: str = "auto"):
+                 tile_size: int, reader: str = "auto", jpeg: bool = False):
         self.slides = slides  # (path, coords (n,3)) per slide
         self.batches = batches  # (slide index, start, stop)
         self.tile_size = tile_size
         self.reader = reader
+        self.jpeg = jpeg
         self._cache: dict[int, Any] = {}
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def _reader(self, slide_index: int):
+        from rl_benchmarks.slides.jpeg_tiles import JpegTiles
         from rl_benchmarks.slides.reader import TileReader
 
         if slide_index not in self._cache:
             for old in self._cache.values():  # one open slide per worker at a time
                 old.close()
             self._cache.clear()
-            self._cache[slide_index] = TileReader(self.slides[slide_index][0], self.tile_size,
-                                                    reader=self.reader)
+            kind = JpegTiles if self.jpeg else TileReader
+            self._cache[slide_index] = kind(self.slides[slide_index][0], self.tile_size,
+                                            reader=self.reader)
         return self._cache[slide_index]
 
     def __getitem__(self, k: int):
@@ -345,13 +370,21 @@ class _TileBatches(Dataset):
         try:
             reader = self._reader(slide_index)
             coords = self.slides[slide_index][1]
+            why = ""
+            if self.jpeg:
+                from rl_benchmarks.slides.jpeg_tiles import read_compressed
+
+                why = reader.unsupported(int(coords[start][0]))
+                if not why:
+                    return read_compressed(reader, coords[start:stop]), slide_index, start, "", ""
+                reader = reader.cpu  # its TileReader
             tiles = np.empty((stop - start, self.tile_size, self.tile_size, 3), np.uint8)
             for j, (lvl, col, row) in enumerate(coords[start:stop]):
                 tiles[j] = reader.read(int(lvl), int(col), int(row))
-            return torch.from_numpy(tiles), slide_index, start, ""
+            return torch.from_numpy(tiles), slide_index, start, "", why
         except Exception as exc:  # a tile that cannot be read fails its slide only
             empty = torch.zeros((0, self.tile_size, self.tile_size, 3), dtype=torch.uint8)
-            return empty, slide_index, start, _describe(exc)
+            return empty, slide_index, start, _describe(exc), ""
 
 
 class _InOrder(Sampler[int]):
@@ -379,6 +412,42 @@ def features_of_uint8(extractor, tiles: torch.Tensor, stain=None) -> np.ndarray:
     return extractor(extractor.normalize_uint8(x, channels_last=True)).cpu().numpy()
 
 
+def resolve_decode(decode: str, device: torch.device | str) -> torch.device | None:
+    """The device that decodes JPEG tiles for ``decode`` (cpu | gpu | auto) with the extractor
+    on ``device``: None for the CPU path (workers decode), the CUDA device for gpu, and for
+    auto when the extractor runs on CUDA. ``gpu`` on another device is a one-line ValueError."""
+    device = torch.device(device)
+    if decode not in DECODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
+    if decode == "gpu" and device.type != "cuda":
+        raise ValueError(f"decode=gpu needs the extractor on a CUDA device, but it runs on "
+                         f"{device}: use decode=cpu or decode=auto")
+    return device if decode != "cpu" and device.type == "cuda" else None
+
+
+def decode_plan(jobs: Sequence[tuple[Path, np.ndarray]], tile_size: int,
+                reader: str = "auto") -> list[str]:
+    """Per job (slide path, coords): "" when its tiles can be decoded from their JPEG tiles
+    on a device (:mod:`rl_benchmarks.slides.jpeg_tiles`), else why not (such a slide goes
+    through the CPU reader). What ``decode=gpu`` will do, asked ahead (the extraction itself
+    decides in its loader workers, without this pass over the slides)."""
+    from rl_benchmarks.slides.jpeg_tiles import JpegTiles
+
+    out = []
+    for path, coords in jobs:
+        if len(coords) == 0:
+            out.append("no tile")
+            continue
+        source = JpegTiles(path, tile_size, reader=reader)
+        try:
+            out.append(source.unsupported(int(coords[0][0])))
+        except Exception as exc:  # the CPU reader will say what is wrong with the slide
+            out.append(f"cannot plan: {_describe(exc)}")
+        finally:
+            source.close()
+    return out
+
+
 def extract_from_coords(
     jobs: list[tuple[Path, np.ndarray]],
     extractor,
@@ -390,6 +459,8 @@ def extract_from_coords(
     desc: str = "extract",
     reader: str = "auto",
     stain=None,
+    jpeg_device: torch.device | str | None = None,
+    decoders: dict[int, str] | None = None,
 ) -> dict[int, np.ndarray | str]:
     """Features of ``jobs`` (slide path, coords (n,3)), slide by slide.
 
@@ -398,11 +469,28 @@ def extract_from_coords(
     stays at one slide in flight) and returns index -> "" (done) or the error. Without a
     callback it returns index -> matrix or error message. ``reader`` chooses the slide
     reader backend; ``stain`` normalises the tiles' stain first (see :func:`features_of_uint8`).
+
+    With ``jpeg_device`` the workers only read the compressed JPEG tiles of the slides
+    :class:`~rl_benchmarks.slides.jpeg_tiles.JpegTiles` supports, and this process decodes
+    them on ``jpeg_device`` (:func:`rl_benchmarks.slides.jpeg_tiles.decode_batch`), once the
+    first batch of the slide decoded there agrees with the CPU's decoding
+    (:func:`~rl_benchmarks.slides.jpeg_tiles.check_batch_decoder`; otherwise the slide's
+    streams are decoded on the CPU, by the same code). The other slides are read as without
+    it. ``decoders`` (filled when given): slide index -> ``"device (decode_jpeg on <device>)"``
+    or ``"cpu: <why not>"``.
     """
     from tqdm.auto import tqdm
 
     check_int("batch_size", batch_size)
     check_int("num_workers", num_workers, minimum=0)
+    decoders = {} if decoders is None else decoders
+    untrusted: dict[int, str] = {}  # slide -> why its streams are decoded on the CPU ("" none)
+    if jpeg_device is not None:
+        from rl_benchmarks.slides.jpeg_tiles import (
+            CompressedBatch,
+            check_batch_decoder,
+            decode_batch,
+        )
     batches = [
         (s, start, min(start + batch_size, len(coords)))
         for s, (_, coords) in enumerate(jobs)
@@ -423,7 +511,7 @@ def extract_from_coords(
         if len(coords) == 0:
             finish(s, np.zeros((0, 3 + extractor.feature_dim), np.float32))
     loader = DataLoader(
-        _TileBatches(jobs, batches, tile_size, reader),
+        _TileBatches(jobs, batches, tile_size, reader, jpeg=jpeg_device is not None),
         batch_size=1,
         sampler=_InOrder(len(batches)),
         num_workers=num_workers,
@@ -434,7 +522,7 @@ def extract_from_coords(
     )
     total = sum(len(c) for _, c in jobs)
     bar = tqdm(total=total, unit="tile", desc=desc, disable=not progress, smoothing=0.05)
-    for tiles, s, start, error in loader:
+    for tiles, s, start, error, why in loader:
         bar.update(len(tiles))
         if s in results:  # the slide already failed
             continue
@@ -442,6 +530,20 @@ def extract_from_coords(
             parts.pop(s, None)
             finish(s, error)
             continue
+        if jpeg_device is not None:
+            if isinstance(tiles, CompressedBatch):
+                if s not in untrusted:  # first batch: does the device decode like the CPU?
+                    untrusted[s] = check_batch_decoder(tiles, jpeg_device)
+                    decoders[s] = (f"cpu: {untrusted[s]}" if untrusted[s]
+                                   else f"device (decode_jpeg on {torch.device(jpeg_device)})")
+                try:
+                    tiles = decode_batch(tiles, "cpu" if untrusted[s] else jpeg_device)
+                except Exception as exc:  # a stream the decoder refuses fails its slide only
+                    parts.pop(s, None)
+                    finish(s, f"decoding JPEG tiles on {jpeg_device}: {_describe(exc)}")
+                    continue
+            else:
+                decoders.setdefault(s, f"cpu: {why}")
         meta = jobs[s][1][start:start + len(tiles)].astype(np.float32)
         parts[s].append(np.concatenate([meta, features_of_uint8(extractor, tiles, stain)], axis=1))
         remaining[s] -= 1
@@ -662,6 +764,7 @@ def run_slide_extraction(
     Raises :class:`StaleOutputError` (before any work) when finished outputs were made
     with other settings and ``settings.overwrite`` is False."""
     settings.validate()
+    resolve_decode(settings.decode, getattr(extractor, "device", "cpu"))  # one line, before work
     dist = dist or dist_utils.DistInfo()
     out_root = Path(output_dir)
     tile_size = settings.tile_size or extractor.tile_size
@@ -723,6 +826,8 @@ def _run_plan(slides, out_root, extractor, settings, run_record, dist, plan, new
     order = sorted(selected)
     shard = shard_by_cost([len(selected[i]) for i in order], dist.world_size)[dist.rank]
     mine = [order[j] for j in shard]
+    jpeg_device = resolve_decode(settings.decode, getattr(extractor, "device", "cpu"))
+    decoders: dict[int, str] = {}  # local slide index -> decoder (filled while extracting)
 
     # 3. Extract and write each slide as soon as it is complete.
     def write(local: int, result: np.ndarray | str) -> None:
@@ -746,7 +851,16 @@ def _run_plan(slides, out_root, extractor, settings, run_record, dist, plan, new
             "dtype": str(matrix.dtype),
             "output_format": settings.output_format,
             "files": list(OUTPUT_FORMATS[settings.output_format]),
+            # not in "settings": the device path gives the CPU path's pixels within JPEG
+            # decoder tolerance (docs/extraction.md#jpeg-decoding-on-the-gpu)
+            "decode": settings.decode,
+            "decoder": "cpu",
         }
+        how = decoders.get(local, "cpu: no tile")
+        if jpeg_device is not None:
+            record["decoder"] = "cpu" if how.startswith("cpu") else how
+            if how.startswith("cpu: "):
+                record["decoder_fallback"] = how[5:]
         io.write_json(out_dir / RECORD_NAME, record)
         if settings.output_format in ("h5", "both"):
             try:
@@ -762,12 +876,15 @@ def _run_plan(slides, out_root, extractor, settings, run_record, dist, plan, new
             locks.release(out_dir / LOCK_NAME)
         summary.done.append(slide.slide_id)
         summary.n_tiles += int(len(result))
+        if jpeg_device is not None:
+            summary.decoders[slide.slide_id] = how
 
     jobs = [(slides[i].slide_path, selected[i]) for i in mine]
     extract_from_coords(jobs, extractor, tile_size, settings.batch_size, settings.num_workers,
                         progress=settings.progress and dist.is_main, on_slide_done=write,
                         desc=f"extract {len(jobs)} slides", reader=settings.reader,
-                        stain=settings.stain_norm)
+                        stain=settings.stain_norm, jpeg_device=jpeg_device,
+                        decoders=decoders)
     summary.seconds = time.perf_counter() - t0
 
     # 4. Rank 0 gathers and writes the run files.
@@ -840,6 +957,7 @@ def _merge(parts: list[ExtractionSummary], out_root: Path) -> ExtractionSummary:
         merged.done += p.done
         merged.failed.update(p.failed)
         merged.n_tiles += p.n_tiles
+        merged.decoders.update(p.decoders)
     merged.skipped = parts[0].skipped
     merged.legacy = parts[0].legacy
     merged.held = parts[0].held

@@ -34,6 +34,7 @@ from rl_benchmarks.extraction.slides import (
     attach_coords_dir,
     check_int,
     list_slides,
+    resolve_decode,
     run_slide_extraction,
     slide_settings,
 )
@@ -100,6 +101,7 @@ def settings_from_config(cfg: DictConfig, tile_size: int | None = None
         overwrite=cfg.get("overwrite", False), accept_legacy=cfg.get("accept_legacy", False),
         output_format=str(cfg.get("output_format", "npy")),
         reader=str(cfg.get("reader") or "auto"), stain_norm=stain_from_config(cfg),
+        decode=str(cfg.get("decode") or "cpu"),
     )
 
 
@@ -122,7 +124,8 @@ def build_extractor(cfg: DictConfig, dist: dist_utils.DistInfo):
         device = dist.local_rank
     if OmegaConf.is_list(device):
         device = list(device)
-    return extractor_from_config(cfg.feature_extractor, device=device, precision=cfg.precision)
+    return extractor_from_config(cfg.feature_extractor, device=device, precision=cfg.precision,
+                                 inference_path=cfg.get("inference_path", "auto"))
 
 
 def cohort_slides(cfg: DictConfig, extractor_name: str, tile_size: int
@@ -286,6 +289,7 @@ def run_slides(
                          f"{extractor.tile_size}: leave tile_size=auto")
     slides, out = slides_and_output(cfg, extractor.name, tile_size)
     settings = settings_from_config(cfg, tile_size=tile_size)
+    resolve_decode(settings.decode, extractor.device)  # decode=gpu without CUDA: one line, now
     record = slides_run_record(cfg, extractor, settings)
     mine = shard_of(cfg, slides, settings.n_tiles, dist)
     if on_start is not None:
@@ -334,7 +338,8 @@ def run_tiles(
     stain = stain_from_config(cfg)  # a bad target fails here, before the model is built
     set_seed(int(cfg.seed))  # random-init extractors (tests, demo) are reproducible
     extractor = extractor_from_config(cfg.feature_extractor, device=_device(cfg),
-                                      precision=cfg.precision)
+                                      precision=cfg.precision,
+                                      inference_path=cfg.get("inference_path", "auto"))
     tile_size = extractor.tile_size if cfg.tile_size in (None, "auto") else check_int(
         "tile_size", cfg.tile_size)
     frame, cohort = tile_dataset_frame(cfg)

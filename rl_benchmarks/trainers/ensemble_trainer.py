@@ -22,15 +22,19 @@ What is exact and what is not:
 * ``ABMIL`` and one-output ``Chowder``: the members' first tile layer (768 -> 128 on every
   tile of the shared batch) is one matmul for all members, forward and weight gradient
   (:class:`_SharedLinear`; the features are frozen, so no input gradient), and ABMIL's
-  gated attention runs as stacked ``bmm`` (see :func:`_fused_forward`).
+  gated attention runs as one stacked ``baddbmm`` for both of its products and one fused
+  elementwise gate (:class:`_GatedTanhSigmoid`, see :func:`_fused_forward`).
 
 * ``DSMIL``: the first layers of its two tile MLPs, of all members, are one
-  :class:`_SharedLinear` matmul; the rest runs as the model itself (``vmap``);
+  :class:`_SharedLinear` matmul, their activation one pass over its output; the rest runs
+  as the model itself (``vmap``);
 * models with dropout (``HIPTMIL``; any model configured with dropout): the members run
   one after the other from the same generator state (:func:`_replay_forward`), so each
   gets the dropout masks of its separate run (the runs share seed and batch shapes); the
   first member's masks are recorded and handed to the others (:class:`_RandomCapture`);
-  the draws of the plain path's DataLoader are replayed (:func:`_loader_draw`);
+  the draws of the plain path's DataLoader are replayed (:func:`_loader_draw`); on a batch
+  without padding the math attention's ``_safe_softmax`` runs as the plain softmax (the
+  same values: no row is all -inf; three passes over the attention logits fewer);
 * ``TransMIL``: member by member (no work to share); its PPEG runs as one convolution
   with the three kernels summed
   (``PPEG.merge_kernels``: the same function, 49 instead of 83 taps); its output depends
@@ -40,8 +44,9 @@ What is exact and what is not:
 
 ``precision="bf16"`` (opt-in) runs the tile-level matmuls in bfloat16 (ABMIL: the tile
 layer forward and weight gradient and the attention/gate layers; Chowder: the no-autograd
-scoring that chooses the selected tiles; DSMIL: its fused first layers; other models:
-their forward under autocast),
+scoring that chooses the selected tiles; DSMIL: its fused first layers, whose output stays
+bfloat16, and the rest of the model under autocast; other models: their forward under
+autocast),
 with float32 master weights, Adam state, losses and metrics. About twice the matmul rate
 on CPUs with bf16 units, at the cost of bf16 rounding: the metrics agree with fp32 within
 fold noise, not to the last digit; the default is float32.
@@ -510,6 +515,9 @@ def _replay_forward(base: nn.Module, params: dict, buffers: dict, device: torch.
         cuda_state = torch.cuda.get_rng_state(device) if cuda else None
         capture = (_RandomCapture() if random and device.type == "cpu" and base.training
                    and g > 1 else None)
+        if capture is not None:
+            # no padding: no attention row is all -inf, so softmax = _safe_softmax
+            capture.plain_softmax = not bool(m.any())
         outs, after = [], None
         for i in range(g):
             torch.set_rng_state(cpu_state)
@@ -540,6 +548,12 @@ class _RandomCapture:
     def __init__(self) -> None:
         self.records: list[torch.Tensor] = []
         self.usable = True
+        # True when the batch has no padding: the math attention's ``_safe_softmax`` (a
+        # softmax that gives 0 instead of NaN on rows that are all -inf, at the cost of three
+        # extra passes over the (heads, N, N) logits) runs as the plain softmax, which is
+        # the same function on rows with a finite entry (the same kernel, the same bits;
+        # its backward is the same ``_softmax_backward_data``)
+        self.plain_softmax = False
 
     @contextlib.contextmanager
     def member(self, i: int) -> Any:
@@ -562,6 +576,10 @@ def _random_ops() -> tuple[set, set]:
     return inplace, out_of_place
 
 
+_SAFE_SOFTMAX = getattr(torch.ops.aten, "_safe_softmax", None)
+_SAFE_SOFTMAX = None if _SAFE_SOFTMAX is None else _SAFE_SOFTMAX.default
+
+
 class _RandomMode(TorchDispatchMode):
     """Dispatch mode of :class:`_RandomCapture` for one member."""
 
@@ -573,6 +591,12 @@ class _RandomMode(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (),
                            kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
+        if func is _SAFE_SOFTMAX and self.capture.plain_softmax:
+            x, dim = args[0], args[1]
+            dtype = args[2] if len(args) > 2 else kwargs.get("dtype")
+            if dtype is not None:
+                x = x.to(dtype)
+            return torch.ops.aten._softmax.default(x, dim, False)
         handled = func in self.inplace or func in self.out_of_place
         if not handled:
             if self.record and torch.Tag.nondeterministic_seeded in func.tags:
@@ -597,19 +621,24 @@ class _SharedLinear(torch.autograd.Function):
     One (M, D) x (D, G*H) matmul forward and one (G*H, M) x (M, D) matmul for the weight
     gradient, instead of G narrow ones (vmap); ``x`` is a frozen input and gets no
     gradient. ``low`` (e.g. bfloat16) runs both matmuls in that dtype (weights, Adam state
-    and everything after the layer stay float32). Returns (G, M, H).
+    and everything after the layer stay float32). Returns (G, M, H), float32, or in ``low``
+    when ``low_out`` (for a consumer that runs in ``low`` anyway: no cast pass, half the
+    bytes; the bias is added in float32 before the rounding).
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                low: torch.dtype | None) -> torch.Tensor:
+                low: torch.dtype | None, low_out: bool = False) -> torch.Tensor:
         g, h, d = weight.shape
         w = weight.reshape(g * h, d)
         if low is not None:
             x, w = x.to(low), w.to(low)
         y = (x @ w.t()).view(-1, g, h)
-        # (M, G, H) -> contiguous float32 (G, M, H) in one pass (fast bmm next)
-        out = torch.empty(g, y.shape[0], h, dtype=torch.float32, device=y.device)
+        # (M, G, H) -> contiguous (G, M, H) in one pass (fast bmm next): float32, or ``low``
+        # with ``low_out`` (the bias then added in float32 to the rounded product, and the
+        # sum rounded once)
+        dtype = low if low is not None and low_out else torch.float32
+        out = torch.empty(g, y.shape[0], h, dtype=dtype, device=y.device)
         out.copy_(y.transpose(0, 1))
         if bias is not None:
             out += bias.unsqueeze(1)
@@ -625,8 +654,49 @@ class _SharedLinear(torch.autograd.Function):
         grad2 = torch.empty(grad.shape[1], g * h, dtype=x.dtype, device=grad.device)
         grad2.view(-1, g, h).copy_(grad.transpose(0, 1))
         grad_w = (grad2.t() @ x).float().view(g, h, d)
-        grad_b = grad.sum(1) if ctx.has_bias else None
-        return None, grad_w, grad_b, None
+        # (a bfloat16 gradient is summed with float32 accumulation, without a float32 copy)
+        grad_b = grad.sum(1).float() if ctx.has_bias else None
+        return None, grad_w, grad_b, None, None
+
+
+class _GatedTanhSigmoid(torch.autograd.Function):
+    """ABMIL's gate ``tanh(v Wa^T + ba) * sigmoid(v Wg^T + bg)`` for G members: one
+    ``baddbmm`` (G, M, d) x (G, d, 2d) for both products (``w_cat`` = [Wa; Wg] (G, 2d, d),
+    ``b_cat`` (G, 2d) or None), then one in-place sigmoid pass over both halves:
+    ``tanh(a) = 2 sigmoid(2a) - 1`` (the same function; float32 ``tanh`` costs several times a
+    sigmoid on CPUs, and autograd's separate tanh, sigmoid and product each keep their own
+    full-size tensors). Returns (G, M, d); gradients for ``v``, ``w_cat`` and ``b_cat``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, v: torch.Tensor, w_cat: torch.Tensor,
+                b_cat: torch.Tensor | None) -> torch.Tensor:
+        d = w_cat.shape[1] // 2
+        wt = w_cat.transpose(1, 2)
+        u = torch.bmm(v, wt) if b_cat is None else torch.baddbmm(b_cat.unsqueeze(1), v, wt)
+        u[..., :d].mul_(2.0)  # exact (a power of two)
+        u.sigmoid_()  # [sigmoid(2a) | sigmoid(g)]
+        t = u[..., :d].mul(2.0).sub_(1.0)  # tanh(a), contiguous
+        s_g = u[..., d:]
+        h = t * s_g
+        ctx.save_for_backward(v, w_cat, t, s_g)
+        ctx.has_bias = b_cat is not None
+        return h
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        v, w_cat, t, s_g = ctx.saved_tensors
+        d = t.shape[-1]
+        grad = grad.to(t.dtype)
+        gu = torch.empty(*t.shape[:-1], 2 * d, dtype=t.dtype, device=t.device)
+        aten = torch.ops.aten
+        # d/da: grad * s_g * (1 - t^2); d/dg: grad * t * s_g * (1 - s_g)
+        aten.tanh_backward.grad_input(grad * s_g, t, grad_input=gu[..., :d])
+        aten.sigmoid_backward.grad_input(grad * t, s_g, grad_input=gu[..., d:])
+        grad_v = torch.bmm(gu, w_cat) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(gu.transpose(1, 2), v) if ctx.needs_input_grad[1] else None
+        grad_b = gu.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_v, grad_w, grad_b
 
 
 def _fused_forward(
@@ -658,6 +728,8 @@ def _fused_forward(
 
         if type(base.attention_layer) is not GatedAttention or buffers:
             return None
+        if ("attention_layer.att.bias" in params) != ("attention_layer.gate.bias" in params):
+            return None
         temperature = float(base.attention_layer.temperature)
         a = "attention_layer."
         mlp = {n[len("mlp."):]: n for n in params if n.startswith("mlp.")}
@@ -666,25 +738,30 @@ def _fused_forward(
         def abmil(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
             xt = tiles[x]  # (B, N, D): one gather of the feature columns
             b, n = xt.shape[0], xt.shape[1]
+            # the tile embedding v (G, M, d): in ``low`` when set (the gate's products and
+            # the pooling read it in ``low``; no float32 copy)
             v = _SharedLinear.apply(xt.view(b * n, -1), params[lin + "weight"],
-                                    params.get(lin + "bias"), low)
+                                    params.get(lin + "bias"), low, low is not None)
             g, d = v.shape[0], v.shape[-1]
             # GatedAttention, stacked over the members (bmm): tanh(att v) * sigmoid(gate v),
-            # then w, softmax over the tiles, attention pooling; with ``low`` the two
-            # tile-level d x d products run under autocast too
-            ctx = (torch.autocast(x.device.type, dtype=low) if low is not None
-                   else contextlib.nullcontext())
-            with ctx:
-                v_in = v if low is None else v.to(low)  # cast once for both products
-                h = torch.tanh(_stacked_linear(params, a + "att.", v_in)) * torch.sigmoid(
-                    _stacked_linear(params, a + "gate.", v_in)
-                )
+            # then w, softmax over the tiles, attention pooling
+            v_in = v
+            # att and gate as one (G, M, d) x (G, d, 2d) product and one fused elementwise
+            # gate (:class:`_GatedTanhSigmoid`), in ``low`` when set
+            w_cat = torch.cat([params[a + "att.weight"], params[a + "gate.weight"]], dim=1)
+            b_cat = (torch.cat([params[a + "att.bias"], params[a + "gate.bias"]], dim=1)
+                     if a + "att.bias" in params else None)
+            if low is not None:
+                w_cat = w_cat.to(low)
+                b_cat = None if b_cat is None else b_cat.to(low)
+            h = _GatedTanhSigmoid.apply(v_in, w_cat, b_cat)
             logits = _stacked_linear(params, a + "w.", h.float()).view(g, b, n, 1)
             m_arg = _no_padding(m)
             if m_arg is not None:
                 logits = logits.masked_fill(m_arg.unsqueeze(0), float("-inf"))
             weights = torch.softmax(logits / temperature, dim=2)  # (G, B, N, 1)
-            pooled = torch.matmul(weights.transpose(2, 3), v.view(g, b, n, d)).squeeze(2)
+            pooled = torch.matmul(weights.transpose(2, 3).to(v.dtype),
+                                  v.view(g, b, n, d)).squeeze(2).float()
             return head({k: params[full] for k, full in mlp.items()}, pooled)
 
         return abmil
@@ -739,13 +816,13 @@ class _FromFirstLayers(nn.Module):
     """DSMIL from its feature columns and the outputs of its two first tile layers (for
     ``functional_call`` under ``vmap``: its parameters are the model's, prefixed ``m.``)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, start: int = 1) -> None:
         super().__init__()
-        self.m = model
+        self.m, self.start = model, start
 
     def forward(self, first_scores: torch.Tensor, first_queries: torch.Tensor, x: torch.Tensor,
                 mask: torch.Tensor | None) -> torch.Tensor:
-        return self.m._forward_from_first(x, mask, first_scores, first_queries)
+        return self.m._forward_from_first(x, mask, first_scores, first_queries, self.start)
 
 
 def _fused_dsmil(
@@ -764,15 +841,21 @@ def _fused_dsmil(
     firsts = [base.tiles_scores.hidden_layers[0], base.tiles_queries.hidden_layers[0]]
     if any(not isinstance(layer, nn.Linear) for layer in firsts):
         return None
+    # the activation after both first layers, applied here to both at once (one pass over
+    # the contiguous (G, M, H1+H2) output instead of two over strided halves)
+    acts = [base.tiles_scores.hidden_layers[1], base.tiles_queries.hidden_layers[1]]
+    act = acts[0] if (type(acts[0]) is type(acts[1]) and type(acts[0]) in _ELEMENTWISE
+                      and repr(acts[0]) == repr(acts[1])) else None
+    start = 2 if act is not None else 1
     prefixes = ["tiles_scores.hidden_layers.0.", "tiles_queries.hidden_layers.0."]
     if any((p + "bias" in params) != (firsts[0].bias is not None) for p in prefixes):
         return None
     widths = [layer.out_features for layer in firsts]
+    branch_major = widths[0] == widths[1]
     fills = [float(layer.mask_value) if isinstance(layer, MaskedLinear) else None
              for layer in firsts]
     tiles_low = data.tiles(meta, low)
-    tiles = data.tiles(meta, None)
-    wrapper = _FromFirstLayers(base)
+    wrapper = _FromFirstLayers(base, start)
     wrapped = {"m." + k: v for k, v in params.items()}  # the same tensors (updated in place)
 
     def rest(p: dict, hs: torch.Tensor, hq: torch.Tensor, x: torch.Tensor,
@@ -786,21 +869,53 @@ def _fused_dsmil(
         m = m[:, :n]
         xt = tiles_low[x, :n]  # (B, n, D), maybe bf16: one gather
         b = xt.shape[0]
-        weight = torch.cat([params[p + "weight"] for p in prefixes], dim=1)  # (G, H1+H2, D)
-        bias = (torch.cat([params[p + "bias"] for p in prefixes], dim=1)
-                if prefixes[0] + "bias" in params else None)
-        h = _SharedLinear.apply(xt.reshape(b * n, -1), weight, bias, low)  # (G, B*n, H1+H2)
-        g = h.shape[0]
-        h = h.view(g, b, n, -1)
+        has_bias = prefixes[0] + "bias" in params
+        if branch_major:
+            # equal widths: the members' weights stacked branch-major, (2G, H, D), so each
+            # branch's output (G, B*n, H) is contiguous (no strided halves downstream)
+            weight = torch.cat([params[p + "weight"] for p in prefixes], dim=0)
+            bias = (torch.cat([params[p + "bias"] for p in prefixes], dim=0) if has_bias
+                    else None)
+        else:
+            weight = torch.cat([params[p + "weight"] for p in prefixes], dim=1)  # (G, H1+H2, D)
+            bias = (torch.cat([params[p + "bias"] for p in prefixes], dim=1) if has_bias
+                    else None)
+        # in ``low`` when set: the rest of the tile MLPs runs in it too
+        h = _SharedLinear.apply(xt.reshape(b * n, -1), weight, bias, low, low is not None)
         m_arg = _no_padding(m)
-        outs = list(torch.split(h, widths, dim=-1))
-        for i, fill in enumerate(fills):
-            if fill is not None and m_arg is not None:  # MaskedLinear: padded rows -> fill
-                outs[i] = outs[i].masked_fill(m_arg.unsqueeze(0), fill)
-        x_raw = xt if low is None else tiles[x, :n]  # the bag pools float32 features
-        return members(wrapped, outs[0], outs[1], x_raw, m_arg)
+        if branch_major:
+            g = h.shape[0] // 2
+            h = h.view(2, g, b, n, -1)
+            if m_arg is not None and any(f is not None for f in fills):
+                # MaskedLinear: padded rows -> its fill value, per branch
+                h = torch.stack([h[i] if f is None else h[i].masked_fill(m_arg.unsqueeze(0), f)
+                                 for i, f in enumerate(fills)])
+            if act is not None:
+                h = act(h)
+            outs = [h[0], h[1]]
+        else:
+            g = h.shape[0]
+            h = h.view(g, b, n, -1)
+            if m_arg is not None and any(f is not None for f in fills):
+                pad = m_arg.unsqueeze(0)
+                outs = [o if f is None else o.masked_fill(pad, f)
+                        for o, f in zip(torch.split(h, widths, dim=-1), fills)]
+                h = torch.cat(outs, dim=-1)
+            if act is not None:
+                h = act(h)
+            outs = list(torch.split(h, widths, dim=-1))
+        x_raw = xt  # the bag pools the features (in ``low`` under autocast)
+        if low is None:
+            return members(wrapped, outs[0], outs[1], x_raw, m_arg)
+        # the tile MLPs' later layers in ``low`` (autocast), the bag and heads in float32
+        with torch.autocast(x.device.type, dtype=low):
+            return members(wrapped, outs[0], outs[1], x_raw, m_arg).float()
 
     return dsmil
+
+
+# parameter-free elementwise activations that may run once over several members' layers
+_ELEMENTWISE = (nn.Sigmoid, nn.ReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU)
 
 
 def _extreme_indices(scores: torch.Tensor, mask: torch.Tensor | None, n_top: int,

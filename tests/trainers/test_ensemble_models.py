@@ -94,6 +94,48 @@ def test_replay_differs_from_one_shared_mask_draw():
     assert not torch.allclose(a, b)
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_safe_softmax_runs_as_softmax_only_without_padding(monkeypatch, padded):
+    """HIPT-MIL's training attention (math SDPA with dropout) calls ``_safe_softmax``; the
+    replayed members run it as the plain softmax on batches without padding (then bit for
+    bit the same outputs and gradients as with ``_safe_softmax``), never on padded ones."""
+    import copy
+
+    from torch.func import stack_module_state
+    from torch.profiler import ProfilerActivity, profile
+
+    import rl_benchmarks.trainers.ensemble_trainer as et
+
+    set_seed(0)
+    model = instantiate(model_cfg("HIPTMIL")).model.train()
+    g = 3
+    params, buffers = stack_module_state([model] * g)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    base = copy.deepcopy(model).to("meta")
+    x = torch.randn(2, 9, 11)
+    m = torch.zeros(2, 9, 1, dtype=torch.bool)
+    if padded:
+        m[1, 6:] = True
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        torch.manual_seed(7)
+        replay = et._replay_forward(base, params, buffers, torch.device("cpu"), True)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = replay(x, m)
+        grads = torch.autograd.grad(out.square().sum(), list(params.values()))
+        safe = sum(e.count for e in prof.key_averages() if e.key == "aten::isneginf")
+        return out.detach(), list(grads), safe
+
+    out, grads, safe = run()
+    monkeypatch.setattr(et, "_SAFE_SOFTMAX", None)  # no substitution: the reference
+    ref_out, ref_grads, ref_safe = run()
+    assert ref_safe > 0  # the math attention does call it (its isneginf pass)
+    # every member runs in the replay mode: none calls the real _safe_softmax unpadded
+    assert (safe == ref_safe) if padded else (safe == 0)
+    assert torch.equal(out, ref_out)
+    assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
+
+
 @pytest.mark.parametrize("kind", ["full", "depthwise"])
 def test_merged_ppeg_kernels_equal_three_convolutions(kind):
     """The fast path's one 7x7 convolution with summed kernels equals the reference's sum

@@ -11,6 +11,7 @@ from testlib.cv import ToyCohort, assert_members_equal_plain, trainer_cfg
 from rl_benchmarks.trainers.ensemble_trainer import (
     EnsembleTrainer,
     _fused_forward,
+    _GatedTanhSigmoid,
     _SharedLinear,
     _StackedAdam,
     preload,
@@ -85,27 +86,87 @@ def test_chowder_uses_the_selected_tiles_shortcut(model, expected):
     assert fn.__name__ == expected
 
 
-@pytest.mark.parametrize("low", [None, torch.bfloat16])
-def test_shared_linear_equals_per_member_linear(low):
-    """The fused G-member layer: same outputs and weight/bias gradients as G float64 Linears."""
-    g, m, d, h = 3, 50, 24, 8
-    gen = torch.Generator().manual_seed(0)
+def _shared_linear_case(g: int, m: int, d: int, h: int, seed: int) -> tuple:
+    """Input (m, d), weights (g, h, d) and biases (g, h) with gradients, an upstream (g, m, h)."""
+    gen = torch.Generator().manual_seed(seed)
     x = torch.randn(m, d, generator=gen)
     w = torch.randn(g, h, d, generator=gen, requires_grad=True)
     b = torch.randn(g, h, generator=gen, requires_grad=True)
-    up = torch.randn(g, m, h, generator=gen)
-    out = _SharedLinear.apply(x, w, b, low)
-    assert out.shape == (g, m, h) and out.dtype == torch.float32
-    (out * up).sum().backward()
+    return x, w, b, torch.randn(g, m, h, generator=gen)
+
+
+def _float64_linears(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, up: torch.Tensor) -> tuple:
+    """The G members as separate float64 Linears, back-propagated from ``up``: (output,
+    weights, biases), the last two holding their gradients."""
     w64, b64 = w.detach().double().requires_grad_(), b.detach().double().requires_grad_()
-    ref = torch.stack([torch.nn.functional.linear(x.double(), w64[i], b64[i]) for i in range(g)])
+    ref = torch.stack([torch.nn.functional.linear(x.double(), w64[i], b64[i]) for i in range(len(w))])
     (ref * up.double()).sum().backward()
+    return ref.detach(), w64, b64
+
+
+@pytest.mark.parametrize("low", [None, torch.bfloat16])
+def test_shared_linear_equals_per_member_linear(low):
+    """The fused G-member layer: same outputs and weight/bias gradients as G float64 Linears."""
+    x, w, b, up = _shared_linear_case(3, 50, 24, 8, seed=0)
+    out = _SharedLinear.apply(x, w, b, low)
+    assert out.shape == (3, 50, 8) and out.dtype == torch.float32
+    (out * up).sum().backward()
+    ref, w64, b64 = _float64_linears(x, w, b, up)
     tol = {"atol": 1e-4, "rtol": 1e-5} if low is None else {"atol": 0.1, "rtol": 0.02}
-    torch.testing.assert_close(out.double(), ref.detach(), **tol)
+    torch.testing.assert_close(out.double(), ref, **tol)
     torch.testing.assert_close(b.grad.double(), b64.grad, **tol)
     scale = float(w64.grad.abs().max())
     err = float((w.grad.double() - w64.grad).abs().max()) / scale
     assert err < (1e-5 if low is None else 2e-2)
+
+
+def test_shared_linear_low_output():
+    """``low_out``: the output in bfloat16 (bias added before the one rounding), float32
+    weight and bias gradients, close to float64 Linears."""
+    g, m, h = 2, 40, 6
+    x, w, b, up = _shared_linear_case(g, m, 16, h, seed=1)
+    out = _SharedLinear.apply(x, w, b, torch.bfloat16, True)
+    assert out.shape == (g, m, h) and out.dtype == torch.bfloat16
+    (out.float() * up).sum().backward()
+    assert w.grad.dtype == torch.float32 and b.grad.dtype == torch.float32
+    ref, w64, b64 = _float64_linears(x, w, b, up)
+    torch.testing.assert_close(out.double(), ref, atol=0.1, rtol=0.02)
+    # the upstream gradient reaches the layer in bfloat16 (the output's dtype)
+    torch.testing.assert_close(b.grad.double(), b64.grad, atol=0.1, rtol=0.02)
+    err = float((w.grad.double() - w64.grad).abs().max()) / float(w64.grad.abs().max())
+    assert err < 2e-2
+
+
+@pytest.mark.parametrize("low", [None, torch.bfloat16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gated_tanh_sigmoid_equals_tanh_times_sigmoid(low, bias):
+    """ABMIL's fused gate (one product, tanh as 2 sigmoid(2a) - 1): the outputs and the
+    gradients of v, weights and biases of ``tanh(v Wa^T + ba) * sigmoid(v Wg^T + bg)`` per
+    member, computed independently in float64 by autograd."""
+    g, m, d = 3, 70, 12
+    gen = torch.Generator().manual_seed(2)
+    v = torch.randn(g, m, d, generator=gen, requires_grad=True)
+    w = torch.randn(g, 2 * d, d, generator=gen, requires_grad=True)
+    b = torch.randn(g, 2 * d, generator=gen, requires_grad=True) if bias else None
+    up = torch.randn(g, m, d, generator=gen)
+    cast = (lambda t: t) if low is None else (lambda t: t.to(low))
+    out = _GatedTanhSigmoid.apply(cast(v), cast(w), None if b is None else cast(b))
+    (out.float() * up).sum().backward()
+    v64, w64 = v.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    b64 = None if b is None else b.detach().double().requires_grad_()
+    a = torch.bmm(v64, w64[:, :d].transpose(1, 2))
+    z = torch.bmm(v64, w64[:, d:].transpose(1, 2))
+    if b64 is not None:
+        a, z = a + b64[:, None, :d], z + b64[:, None, d:]
+    ref = torch.tanh(a) * torch.sigmoid(z)
+    (ref * up.double()).sum().backward()
+    tol = {"atol": 1e-5, "rtol": 1e-5} if low is None else {"atol": 0.05, "rtol": 0.05}
+    torch.testing.assert_close(out.double(), ref, **tol)
+    pairs = [(v, v64), (w, w64)] + ([] if b is None else [(b, b64)])
+    for ours, theirs in pairs:
+        scale = float(theirs.grad.abs().max())
+        err = float((ours.grad.double() - theirs.grad).abs().max()) / scale
+        assert err < (1e-5 if low is None else 3e-2)
 
 
 @pytest.mark.parametrize("model,fused", [("ABMIL", True), ("Chowder", True),

@@ -99,7 +99,7 @@ class Extractor(nn.Module):
         self.pretrained = bool(pretrained)
         self.extra: dict[str, Any] = dict(extra or {})
         self._sha256: str | None = None
-        #: "auto" (fast path for bf16 on the CPU), "fast" (also fp32) or "plain" (never).
+        #: "auto"/"fast" (the fast path on the CPU, fp32 and bf16) or "plain" (never).
         self.inference_path = inference_path
         object.__setattr__(self, "_fast_cache", None)  # (key, FastModule); not a submodule
 

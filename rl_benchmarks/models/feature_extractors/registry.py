@@ -163,6 +163,7 @@ def create_extractor(
     device: Any = -1,
     precision: str = "fp32",
     pretrained: bool = True,
+    inference_path: str = "auto",
     **kwargs: Any,
 ) -> Extractor:
     """Build the extractor ``name`` from local weights and place it on ``device``.
@@ -171,8 +172,22 @@ def create_extractor(
     iBOTViTBasePANCAN); ``pretrained=False`` gives random weights, recorded as
     "random-init". ``kwargs`` go to the builder (e.g. ``encoder="student"``, or
     ``depth=1, embed_dim=32`` for tiny test models). Several GPUs give a
-    :class:`ParallelExtractor`.
+    :class:`ParallelExtractor`. ``inference_path`` (``auto``, ``fast`` or ``plain``) picks the
+    CPU inference path (:func:`~rl_benchmarks.models.feature_extractors.fast_inference.select_path`).
     """
+    from rl_benchmarks.models.feature_extractors.fast_inference import check_mode
+
+    mode = check_mode(inference_path)  # one line, before any weights are read
+    extractor = _create(name, weights_path, device, precision, pretrained, kwargs)
+    extractor.inference_path = mode
+    inner = getattr(extractor, "module", None)  # a ParallelExtractor's wrapped extractor
+    if isinstance(inner, Extractor):
+        inner.inference_path = mode
+    return extractor
+
+
+def _create(name: str, weights_path: Any, device: Any, precision: str, pretrained: bool,
+            kwargs: dict[str, Any]) -> Extractor:
     canonical = resolve_name(name)
     if weights_path in ("", "null", "None"):
         weights_path = None

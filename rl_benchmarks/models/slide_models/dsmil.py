@@ -101,20 +101,22 @@ class DSMIL(nn.Module):
     def _branches_from(
         self, x: torch.Tensor, mask: torch.Tensor | None,
         first_scores: torch.Tensor | None = None, first_queries: torch.Tensor | None = None,
+        start: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`_branches` on feature columns ``x`` (B, N, D) and a (B, N, 1) mask or None.
-        ``first_scores`` / ``first_queries``: the outputs of the first layer of
-        ``tiles_scores`` / ``tiles_queries`` when the caller computed them (the nested-CV
-        fast path computes them for several members in one matmul)."""
+        ``first_scores`` / ``first_queries``: the outputs of the layers before ``start`` of
+        ``tiles_scores`` / ``tiles_queries`` (their first layer when ``start=1``, its
+        activation too when ``start=2``) when the caller computed them (the nested-CV fast
+        path computes them for several members in one matmul)."""
         if first_scores is None:
             scores = self.tiles_scores(x, mask)  # (B, N, C)
         else:
-            scores = self.tiles_scores.forward_from(first_scores, mask, 1)
+            scores = self.tiles_scores.forward_from(first_scores, mask, start)
         s_max, idx = self.extreme_layer(scores, mask)  # (B, 1, C) each
         if first_queries is None:
             queries = self.tiles_queries(x, mask)  # (B, N, dq)
         else:
-            queries = self.tiles_queries.forward_from(first_queries, mask, 1)
+            queries = self.tiles_queries.forward_from(first_queries, mask, start)
         critical = idx.squeeze(1).clamp_min(0)  # (B, C); -1 only for a slide without tiles
         q_star = torch.gather(
             queries, 1, critical.unsqueeze(-1).expand(-1, -1, queries.shape[-1])
@@ -142,11 +144,11 @@ class DSMIL(nn.Module):
 
     def _forward_from_first(
         self, x: torch.Tensor, mask: torch.Tensor | None, first_scores: torch.Tensor,
-        first_queries: torch.Tensor,
+        first_queries: torch.Tensor, start: int = 1,
     ) -> torch.Tensor:
-        """:meth:`forward` from the feature columns and the first layers' outputs (see
-        :meth:`_branches_from`): logits (B, out_features)."""
-        _, s_max, _, s_bag = self._branches_from(x, mask, first_scores, first_queries)
+        """:meth:`forward` from the feature columns and the outputs of the tile MLPs' layers
+        before ``start`` (see :meth:`_branches_from`): logits (B, out_features)."""
+        _, s_max, _, s_bag = self._branches_from(x, mask, first_scores, first_queries, start)
         return self._combine(s_max, s_bag)
 
     def tile_scores(

@@ -31,15 +31,18 @@ def tiles(real_data):
     return real_tiles(real_data, 3)
 
 
-def close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5) -> None:
-    torch.testing.assert_close(a, b, atol=atol, rtol=0)
+def close(a: torch.Tensor, b: torch.Tensor, atol: float = 2e-5, rtol: float = 1e-5) -> None:
+    """Equal within float32 rounding. Measured on the 1536-wide UNI2-h build (features of sd 1,
+    max 7): timm's own fp32 forward is 1.0e-5 from a float64 forward, the CPU's fp32 fast path
+    (fused linears, bmm attention: another summation order) 1.4e-5."""
+    torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
 
 
 def features(ext, tiles: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
     """The extractor's features of the tiles normalised directly with the published mean/std
     (which must equal the extractor's own normalisation), and that input."""
     x = normalise(tiles, *norm)
-    close(ext.normalize_uint8(tiles), x, atol=1e-6)
+    close(ext.normalize_uint8(tiles), x, atol=1e-6, rtol=0)
     return ext(x), x
 
 

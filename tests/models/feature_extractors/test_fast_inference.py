@@ -100,8 +100,14 @@ def test_extractor_paths_and_record():
     ext = create_extractor("iBOTViTBasePANCAN", pretrained=False, embed_dim=32, depth=1,
                            num_heads=2, img_size=32, tile_size=32)
     x = _x(2)
-    assert ext.record()["inference_path"] == "plain"  # fp32 default: the module as built
+    assert ext.record()["inference_path"] == "fast"  # fp32 default on the CPU: the fast path
+    fast32 = ext(x)
+    assert ext._fast_cache is not None and ext._fast_cache[1].dtype == torch.float32
+    ext.inference_path = "plain"
+    assert ext.record()["inference_path"] == "plain"  # the module as built
     ref = ext(x)
+    torch.testing.assert_close(fast32, ref, atol=1e-5, rtol=1e-5)
+    ext.inference_path = "auto"
     ext.precision = "bf16"
     rec = ext.record()
     assert rec["inference_path"] == "fast" and "bf16 weights" in rec["inference_detail"]
@@ -119,7 +125,7 @@ def test_extractor_paths_and_record():
     ext.precision, ext.inference_path = "fp32", "fast"
     assert ext.record()["inference_path"] == "fast"
     torch.testing.assert_close(ext(x), ref, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="inference path"):
+    with pytest.raises(ValueError, match="inference_path='turbo'"):
         ext.inference_path = "turbo"
         ext.record()
 
@@ -166,7 +172,11 @@ def _bf16_cosine_on_real_tiles(real_data, shape: dict, n: int) -> torch.Tensor:
     torch.manual_seed(0)
     ext = create_extractor("iBOTViTBasePANCAN", pretrained=False, **shape)
     x = ext.normalize_uint8(_real_tiles(real_data, n))
+    ext.inference_path = "plain"  # the reference: timm's own forward in fp32
     ref = ext(x)
+    ext.inference_path = "auto"
+    assert ext.record()["inference_path"] == "fast"  # fp32 default on the CPU
+    torch.testing.assert_close(ext(x), ref, atol=1e-4, rtol=1e-4)
     ext.precision = "bf16"
     assert ext.record()["inference_path"] == "fast"
     low = ext(x)
@@ -197,3 +207,33 @@ def test_network_loaded_in_bf16(residual_fp32):
         out = fast(_x()).float()
     assert torch.nn.functional.cosine_similarity(out, ref_fp32, dim=1).min() > 0.999
     assert {p.dtype for p in low.parameters()} == {torch.bfloat16}  # the source is unchanged
+
+
+def test_create_extractor_takes_the_inference_path():
+    ext = create_extractor("iBOTViTBasePANCAN", pretrained=False, embed_dim=32, depth=1,
+                           num_heads=2, img_size=32, tile_size=32, inference_path="plain")
+    assert ext.inference_path == "plain" and ext.record()["inference_path"] == "plain"
+    with pytest.raises(ValueError, match="inference_path='turbo'"):
+        create_extractor("iBOTViTBasePANCAN", pretrained=False, embed_dim=32, depth=1,
+                         num_heads=2, img_size=32, tile_size=32, inference_path="turbo")
+
+
+def test_fp32_fast_copy_shares_the_weights():
+    # fp32: the fast copy's linear weights are the module's own tensors (no second copy in memory)
+    model = _vit()
+    fast = fi.build_fast_module(model, "fp32")
+    own = {p.data_ptr() for p in model.parameters()}
+    shared = [p for m in fast.modules() if isinstance(m, fi.FastBlock) for p in (m.w_qkv, m.w_fc1)]
+    assert shared and all(p.data_ptr() in own for p in shared)
+
+
+def test_fp32_fast_path_error_is_float_rounding():
+    # against a float64 forward of the same weights, the fast fp32 path is no further off than
+    # timm's own fp32 forward (both are float32 rounding; a wrong kernel would be far off)
+    model = _vit(init_values=0.5)
+    x = _x(4)
+    with torch.no_grad():
+        r64 = copy.deepcopy(model).double()(x.double())
+        plain = (model(x).double() - r64).abs().max().item()
+        fast = (fi.build_fast_module(model, "fp32")(x).double() - r64).abs().max().item()
+    assert fast <= 4 * plain + 1e-6
