@@ -1,6 +1,7 @@
-"""``extract-slides stain_norm=macenko stain_norm.target=<image>``: tiles are normalised on
-the extraction device before the model, the fitted target is part of the recorded settings,
-and a bad target is a one-line error before any output is written."""
+"""What reaches the model in ``extract-slides``: with ``stain_norm=macenko
+stain_norm.target=<image>`` tiles are normalised on the extraction device before the model,
+the fitted target is part of the recorded settings, and a bad target is a one-line error
+before any output is written; ``inference_path=`` picks the CPU inference path (recorded)."""
 
 from __future__ import annotations
 
@@ -74,3 +75,19 @@ def test_target_without_tissue_is_one_line_before_any_output(slide_dir, tiny, tm
     assert not (out / "a.tif").exists()
     code = main(["extract-slides", f"slides={slide_dir}", f"output_dir={out}", *tiny, "stain_norm=macenko"])
     assert code == 2 and "stain_norm.target" in capsys.readouterr().err
+
+
+def test_inference_path_key_reaches_the_extractor(slide_dir, tiny, tmp_path):
+    # extract-slides inference_path=plain|auto: the record says which path ran, and the fp32
+    # fast path (the CPU default) gives the plain path's features within float rounding
+    feats, paths = {}, {}
+    for mode in ("plain", "auto"):
+        out = tmp_path / mode
+        assert _extract(slide_dir, out, tiny, f"inference_path={mode}") == 0
+        paths[mode] = json.loads((out / "a.tif" / "features.json").read_text())
+        feats[mode] = np.load(out / "a.tif" / "features.npy")
+    assert '"inference_path": "plain"' in json.dumps(paths["plain"])
+    assert '"inference_path": "fast"' in json.dumps(paths["auto"])
+    np.testing.assert_allclose(feats["auto"], feats["plain"], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="inference_path='turbo'"):
+        _extract(slide_dir, tmp_path / "bad", tiny, "inference_path=turbo")
