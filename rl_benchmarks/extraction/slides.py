@@ -425,29 +425,6 @@ def resolve_decode(decode: str, device: torch.device | str) -> torch.device | No
     return device if decode != "cpu" and device.type == "cuda" else None
 
 
-def decode_plan(jobs: Sequence[tuple[Path, np.ndarray]], tile_size: int,
-                reader: str = "auto") -> list[str]:
-    """Per job (slide path, coords): "" when its tiles can be decoded from their JPEG tiles
-    on a device (:mod:`rl_benchmarks.slides.jpeg_tiles`), else why not (such a slide goes
-    through the CPU reader). What ``decode=gpu`` will do, asked ahead (the extraction itself
-    decides in its loader workers, without this pass over the slides)."""
-    from rl_benchmarks.slides.jpeg_tiles import JpegTiles
-
-    out = []
-    for path, coords in jobs:
-        if len(coords) == 0:
-            out.append("no tile")
-            continue
-        source = JpegTiles(path, tile_size, reader=reader)
-        try:
-            out.append(source.unsupported(int(coords[0][0])))
-        except Exception as exc:  # the CPU reader will say what is wrong with the slide
-            out.append(f"cannot plan: {_describe(exc)}")
-        finally:
-            source.close()
-    return out
-
-
 def extract_from_coords(
     jobs: list[tuple[Path, np.ndarray]],
     extractor,

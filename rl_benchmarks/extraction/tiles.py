@@ -99,7 +99,7 @@ class TileExtractionSummary:
 
 
 def read_tile_ids(path: str | Path) -> np.ndarray:
-    """``tile_ids.npy`` as a str array; never ``allow_pickle=True`` (see the module
+    """``tile_ids.npy`` as a str array; numpy never unpickles it (see the module
     docstring for older object arrays)."""
     return _load_ids(Path(path))[0]
 

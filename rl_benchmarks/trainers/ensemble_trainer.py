@@ -59,7 +59,7 @@ import copy
 import functools
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -227,6 +227,15 @@ class MemberResult:
     val_logits: np.ndarray | None = None
 
 
+@contextlib.contextmanager
+def _quiet_vmap() -> Iterator[None]:
+    """vmap runs ops without a batching rule member by member, and warns each time: silence
+    that one warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not yet implemented the batching rule")
+        yield
+
+
 class EnsembleTrainer:
     """Train G members (learning rate, weight decay pairs) sharing one init and data order.
 
@@ -248,6 +257,7 @@ class EnsembleTrainer:
         return contextlib.nullcontext()
 
     @keep_freed_memory()  # per-step temporaries are tens of MB: no page faults anew
+    @_quiet_vmap()
     def train(
         self,
         data: Preloaded,
@@ -259,21 +269,6 @@ class EnsembleTrainer:
         keep_state: bool = False,
     ) -> list[MemberResult]:
         """Train every member for ``num_epochs``; evaluate ``val_idx`` after each epoch."""
-        with warnings.catch_warnings():
-            # vmap runs ops without a batching rule member by member, and says so
-            warnings.filterwarnings("ignore", message=".*not yet implemented the batching rule")
-            return self._train(data, train_idx, val_idx, members, num_epochs, seed, keep_state)
-
-    def _train(
-        self,
-        data: Preloaded,
-        train_idx: Sequence[int],
-        val_idx: Sequence[int] | None,
-        members: Sequence[tuple[float, float]],
-        num_epochs: int,
-        seed: int,
-        keep_state: bool,
-    ) -> list[MemberResult]:
         set_seed(seed)
         trainer = instantiate(self.cfg)  # builds the model exactly as the plain path does
         reason = unsupported_reason(trainer)

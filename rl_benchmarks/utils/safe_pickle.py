@@ -82,7 +82,7 @@ def load_legacy_pickle(path: str | os.PathLike) -> Any:
 
 def load_object_npy(path: str | os.PathLike) -> np.ndarray:
     """An object-array ``.npy`` (a pickle after the npy header), read through
-    :class:`RestrictedUnpickler` instead of ``np.load(allow_pickle=True)``."""
+    :class:`RestrictedUnpickler` (plain data only), never by numpy's own unpickling."""
     path = Path(path)
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
+from testlib.encoders import write_colour_tiles
 
 from rl_benchmarks.evaluation import finetune as ft
 
@@ -19,21 +19,6 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_si
 def _tiny_backbone(seed: int = 0):
     torch.manual_seed(seed)
     return ft.load_vit_backbone(None, pretrained=False, vit_kwargs=TINY)
-
-
-def _write_tiles(root, n_per_class=8, size=40, seed=0):
-    """Three colour classes (pink, purple, white-ish) with noise."""
-    rng = np.random.default_rng(seed)
-    colours = {"STR": (230, 150, 190), "TUM": (110, 60, 150), "ADI": (245, 245, 240)}
-    rows = []
-    for name, colour in colours.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            img = np.clip(np.array(colour) + rng.normal(0, 12, (size, size, 3)), 0, 255)
-            path = root / name / f"{name}-{i}.png"
-            Image.fromarray(img.astype(np.uint8)).save(path)
-            rows.append({"image_path": str(path), "label": name})
-    return pd.DataFrame(rows)
 
 
 def test_only_lora_and_head_are_trainable_and_count_matches_formula():
@@ -101,7 +86,7 @@ def test_cli_end_to_end_on_image_folder(tmp_path):
 
     from rl_benchmarks.cli.main import run
 
-    frame = _write_tiles(tmp_path / "tiles")
+    frame = write_colour_tiles(tmp_path / "tiles")
     frame.to_csv(tmp_path / "tiles.csv", index=False)
     out = tmp_path / "out"
     code = run("finetune", [
@@ -178,7 +163,7 @@ def test_image_folder_class_names_and_codes(tmp_path):
 
     from rl_benchmarks.evaluation.finetune import load_tile_frame
 
-    _write_tiles(tmp_path / "tiles", n_per_class=2)
+    write_colour_tiles(tmp_path / "tiles", n_per_class=2)
     frame, classes = load_tile_frame(OmegaConf.create({"data": str(tmp_path / "tiles")}))
     assert classes == ["ADI", "STR", "TUM"]
     for name, code in zip(frame["class_name"], frame["label"]):
@@ -186,7 +171,7 @@ def test_image_folder_class_names_and_codes(tmp_path):
 
 
 def _tile_splits(root, n_per_class=6):
-    frame = _write_tiles(root, n_per_class=n_per_class)
+    frame = write_colour_tiles(root, n_per_class=n_per_class)
     frame = frame.assign(label=frame.label.astype("category").cat.codes.astype(int))
     return ft.split_frame(frame, (0.5, 0.25, 0.25), seed=0)
 
@@ -319,7 +304,7 @@ def test_run_calls_on_start_before_training_and_returns_the_result(tmp_path, mon
     the class names and the output folder (training itself is stubbed here)."""
     from rl_benchmarks.cli.main import compose
 
-    _write_tiles(tmp_path / "tiles", n_per_class=8)
+    write_colour_tiles(tmp_path / "tiles", n_per_class=8)
     cfg = compose("finetune", [f"data={tmp_path / 'tiles'}", "pretrained=false",
                                "vit.hidden_size=32", "vit.num_hidden_layers=2",
                                "vit.num_attention_heads=2", "image_size=32", "num_workers=0",

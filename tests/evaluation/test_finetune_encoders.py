@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
+from testlib.encoders import write_colour_tiles
 
 from rl_benchmarks.evaluation import finetune as ft
 from rl_benchmarks.models.feature_extractors import create_extractor
@@ -20,17 +20,9 @@ TINY_TIMM = {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 32}  # kai
 TINY_HF = {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 28}     # hibou_b: Dinov2 + registers
 
 
-def _tiles(root, n_per_class=6, size=40):
-    """Three colour classes with noise, written as an ImageFolder tree."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for name, colour in {"ADI": (245, 245, 240), "STR": (230, 150, 190), "TUM": (110, 60, 150)}.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            img = np.clip(np.array(colour) + rng.normal(0, 12, (size, size, 3)), 0, 255)
-            path = root / name / f"{i}.png"
-            Image.fromarray(img.astype(np.uint8)).save(path)
-            rows.append({"image_path": str(path), "label": name})
+def _tiles(root, n_per_class=6):
+    """Three colour classes with noise, written as an ImageFolder tree: its root."""
+    write_colour_tiles(root, n_per_class=n_per_class)
     return root
 
 

@@ -39,8 +39,6 @@ def jobs_of(paths, tile_size=224, n=40):
 def test_device_decoding_gives_cpu_features_and_j2k_falls_back(real_data):
     svs = real_data / "slides" / "svs"
     jobs = jobs_of([svs / "CMU-1-Small-Region.svs", svs / "tcga-cr-7395-01a-01-ts1.svs"])
-    plan = ex.decode_plan(jobs, 224)
-    assert plan[0] == "" and "JPEG 2000" in plan[1]
     ext = tiny_extractor()
     cpu = ex.extract_from_coords(jobs, ext, 224, batch_size=16, progress=False)
     decoders: dict[int, str] = {}

@@ -184,3 +184,17 @@ def assert_members_equal_plain(fast, members, cfg, cohort, train_idx, val_idx, t
                 ours_v, v = torch.cat([ours_v[:d], ours_v[2 * d:]]), torch.cat([v[:d], v[2 * d:]])
             torch.testing.assert_close(ours_v, v, atol=1e-5, rtol=1e-4)
 
+
+
+def fp32_and_bf16_members(cfg, cohort, train_idx, val_idx, members, epochs: int = 3,
+                          seed: int = 5) -> list[tuple]:
+    """The fast path's members trained in fp32 and in bf16 on the same seed, paired
+    (fp32, bf16); every bf16 member's weights are checked to stay float32 (master weights)."""
+    from rl_benchmarks.trainers.ensemble_trainer import EnsembleTrainer, preload
+
+    data = preload(cohort)
+    runs = [EnsembleTrainer(cfg, p).train(data, train_idx, val_idx, members, epochs, seed=seed,
+                                          keep_state=True) for p in ("fp32", "bf16")]
+    for b in runs[1]:
+        assert all(v.dtype == torch.float32 for v in b.state_dict.values())
+    return list(zip(*runs))

@@ -132,3 +132,34 @@ def randomize(model: nn.Module, seed: int = 0, scale: float = 0.05) -> nn.Module
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * scale)
     return model.eval()
+
+
+def kaiko_s16_checkpoint(folder: Path) -> tuple[Path, nn.Module]:
+    """A full-size ViT-S/16 (kaiko / Lunit layout) with seeded random weights, saved as a
+    plain ``.pth`` state dict in ``folder``: (its path, the model)."""
+    import timm
+
+    torch.manual_seed(0)
+    ref = randomize(timm.create_model("vit_small_patch16_224", num_classes=0, dynamic_img_size=True))
+    path = Path(folder) / "vits16.pth"
+    torch.save(ref.state_dict(), path)
+    return path, ref
+
+
+def write_colour_tiles(root: Path, n_per_class: int = 8, size: int = 40, seed: int = 0):
+    """Three colour classes (pink STR, purple TUM, white-ish ADI) with noise, written as an
+    ImageFolder tree under ``root``; returns the (image_path, label) frame."""
+    import pandas as pd
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    colours = {"STR": (230, 150, 190), "TUM": (110, 60, 150), "ADI": (245, 245, 240)}
+    rows = []
+    for name, colour in colours.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            img = np.clip(np.array(colour) + rng.normal(0, 12, (size, size, 3)), 0, 255)
+            path = root / name / f"{name}-{i}.png"
+            Image.fromarray(img.astype(np.uint8)).save(path)
+            rows.append({"image_path": str(path), "label": name})
+    return pd.DataFrame(rows)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from testlib.cv import ToyCohort, assert_members_equal_plain, trainer_cfg
+from testlib.cv import ToyCohort, assert_members_equal_plain, fp32_and_bf16_members, trainer_cfg
 
 from rl_benchmarks.models.slide_models import PPEG
 from rl_benchmarks.trainers.ensemble_trainer import (
@@ -209,12 +209,7 @@ def test_bf16_members_close_to_fp32(model):
     # learning rates where 8 training slides give smooth curves (at 1e-2 HIPT-MIL's fp32
     # curve itself jumps from epoch to epoch: any rounding then moves it)
     members = [(1e-3, 0.0), (3e-4, 1e-2)]
-    data = preload(cohort)
-    fp32 = EnsembleTrainer(cfg).train(data, tr_idx, va_idx, members, 3, seed=5, keep_state=True)
-    bf16 = EnsembleTrainer(cfg, "bf16").train(data, tr_idx, va_idx, members, 3, seed=5,
-                                              keep_state=True)
-    for a, b in zip(fp32, bf16):
-        assert all(v.dtype == torch.float32 for v in b.state_dict.values())
+    for a, b in fp32_and_bf16_members(cfg, cohort, tr_idx, va_idx, members):
         # after one epoch: bf16 rounding only; later it compounds through training
         assert abs(b.val_metrics["loss"][0] - a.val_metrics["loss"][0]) < 0.02
         np.testing.assert_allclose(b.val_metrics["loss"], a.val_metrics["loss"], atol=0.1)

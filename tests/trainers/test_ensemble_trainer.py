@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
-from testlib.cv import ToyCohort, assert_members_equal_plain, trainer_cfg
+from testlib.cv import ToyCohort, assert_members_equal_plain, fp32_and_bf16_members, trainer_cfg
 
 from rl_benchmarks.trainers.ensemble_trainer import (
     EnsembleTrainer,
@@ -188,12 +188,7 @@ def test_bf16_members_close_to_fp32(model):
     tr_idx, va_idx = list(range(0, n - 10)), list(range(n - 10, n))
     cfg = trainer_cfg(model, "binary", num_epochs=3, batch_size=4)
     members = [(1e-3, 0.0), (1e-2, 1e-2)]
-    data = preload(cohort)
-    fp32 = EnsembleTrainer(cfg).train(data, tr_idx, va_idx, members, 3, seed=5, keep_state=True)
-    bf16 = EnsembleTrainer(cfg, "bf16").train(data, tr_idx, va_idx, members, 3, seed=5,
-                                              keep_state=True)
-    for a, b in zip(fp32, bf16):
-        assert all(v.dtype == torch.float32 for v in b.state_dict.values())
+    for a, b in fp32_and_bf16_members(cfg, cohort, tr_idx, va_idx, members):
         np.testing.assert_allclose(b.val_metrics["loss"], a.val_metrics["loss"], atol=0.02)
         np.testing.assert_allclose(b.val_metrics["auc"], a.val_metrics["auc"], atol=0.1)
         np.testing.assert_allclose(b.val_logits, a.val_logits, atol=0.05)

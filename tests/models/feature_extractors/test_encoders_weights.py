@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from testlib.encoders import randomize
+from testlib.encoders import kaiko_s16_checkpoint, randomize
 
 from rl_benchmarks.models.feature_extractors import WeightsError, create_extractor, extractor_from_config
 from rl_benchmarks.models.feature_extractors.encoders import ENCODERS
@@ -21,11 +21,7 @@ CONF = (Path(__file__).resolve().parents[3] / "rl_benchmarks" / "conf" / "extrac
 @pytest.fixture(scope="module")
 def kaiko_s16(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
     """A full-size ViT-S/16 (kaiko / Lunit layout) with random weights, as a plain .pth."""
-    torch.manual_seed(0)
-    ref = randomize(timm.create_model("vit_small_patch16_224", num_classes=0, dynamic_img_size=True))
-    path = tmp_path_factory.mktemp("kaiko") / "vits16.pth"
-    torch.save(ref.state_dict(), path)
-    return path, ref
+    return kaiko_s16_checkpoint(tmp_path_factory.mktemp("kaiko"))
 
 
 @pytest.mark.slow
