@@ -23,11 +23,13 @@ What is exact and what is not:
   tile of the shared batch) is one matmul for all members, forward and weight gradient
   (:class:`_SharedLinear`; the features are frozen, so no input gradient), and ABMIL's
   gated attention runs as one stacked ``baddbmm`` for both of its products and one fused
-  elementwise gate (:class:`_GatedTanhSigmoid`, see :func:`_fused_forward`).
+  elementwise gate and its score layer (:class:`_GatedScores`, see
+  :func:`_fused_forward`).
 
 * ``DSMIL``: the first layers of its two tile MLPs, of all members, are one
-  :class:`_SharedLinear` matmul, their activation one pass over its output; the rest runs
-  as the model itself (``vmap``);
+  :class:`_SharedLinear` matmul, their activation one pass over its output; the rest of
+  the tile MLPs and the attention run as the model itself (``vmap``), and the bag pooling
+  of all members is one product over the shared features (no per-member copy of them);
 * models with dropout (``HIPTMIL``; any model configured with dropout): the members run
   one after the other from the same generator state (:func:`_replay_forward`), so each
   gets the dropout masks of its separate run (the runs share seed and batch shapes); the
@@ -618,7 +620,7 @@ class _SharedLinear(torch.autograd.Function):
     gradient. ``low`` (e.g. bfloat16) runs both matmuls in that dtype (weights, Adam state
     and everything after the layer stay float32). Returns (G, M, H), float32, or in ``low``
     when ``low_out`` (for a consumer that runs in ``low`` anyway: no cast pass, half the
-    bytes; the bias is added in float32 before the rounding).
+    bytes; the bias is then rounded to ``low`` too, and the sum rounded once).
     """
 
     @staticmethod
@@ -629,14 +631,16 @@ class _SharedLinear(torch.autograd.Function):
         if low is not None:
             x, w = x.to(low), w.to(low)
         y = (x @ w.t()).view(-1, g, h)
-        # (M, G, H) -> contiguous (G, M, H) in one pass (fast bmm next): float32, or ``low``
-        # with ``low_out`` (the bias then added in float32 to the rounded product, and the
-        # sum rounded once)
+        # (M, G, H) -> contiguous (G, M, H) with the bias added, in one pass (fast bmm
+        # next): float32, or ``low`` with ``low_out``; the bias in the output's dtype (a
+        # float32 bias on a bfloat16 tensor takes a slow mixed-dtype loop, about 10x the
+        # time of the pass; the sum is still rounded once)
         dtype = low if low is not None and low_out else torch.float32
         out = torch.empty(g, y.shape[0], h, dtype=dtype, device=y.device)
-        out.copy_(y.transpose(0, 1))
-        if bias is not None:
-            out += bias.unsqueeze(1)
+        if bias is None:
+            out.copy_(y.transpose(0, 1))
+        else:
+            torch.add(y.transpose(0, 1), bias.to(dtype).unsqueeze(1), out=out)
         ctx.save_for_backward(x)
         ctx.shape, ctx.has_bias = (g, h, d), bias is not None
         return out
@@ -654,18 +658,22 @@ class _SharedLinear(torch.autograd.Function):
         return None, grad_w, grad_b, None, None
 
 
-class _GatedTanhSigmoid(torch.autograd.Function):
-    """ABMIL's gate ``tanh(v Wa^T + ba) * sigmoid(v Wg^T + bg)`` for G members: one
-    ``baddbmm`` (G, M, d) x (G, d, 2d) for both products (``w_cat`` = [Wa; Wg] (G, 2d, d),
-    ``b_cat`` (G, 2d) or None), then one in-place sigmoid pass over both halves:
-    ``tanh(a) = 2 sigmoid(2a) - 1`` (the same function; float32 ``tanh`` costs several times a
-    sigmoid on CPUs, and autograd's separate tanh, sigmoid and product each keep their own
-    full-size tensors). Returns (G, M, d); gradients for ``v``, ``w_cat`` and ``b_cat``.
+class _GatedScores(torch.autograd.Function):
+    """ABMIL's gated-attention scores ``w(tanh(v Wa^T + ba) * sigmoid(v Wg^T + bg)) + bw`` for
+    G members: one ``baddbmm`` (G, M, d) x (G, d, 2d) for both gate products (``w_cat`` =
+    [Wa; Wg] (G, 2d, d), ``b_cat`` (G, 2d) or None), one in-place sigmoid pass over both
+    halves with ``tanh(a) = 2 sigmoid(2a) - 1`` (the same function; float32 ``tanh`` costs
+    several times a sigmoid on CPUs), then the score layer ``w_out`` (G, 1, d), ``b_out``
+    (G, 1) or None. The gated hidden layer stays in ``v``'s dtype forward and backward (with
+    bfloat16 ``v`` no float32 copy of it and no float32 (G, M, d) gradient; autograd's separate
+    tanh, sigmoid, product and cast would each keep their own full-size tensors). Returns
+    (G, M, 1) float32 scores (the bias added in float32); gradients for ``v``, ``w_cat``,
+    ``b_cat``, ``w_out`` and ``b_out``.
     """
 
     @staticmethod
-    def forward(ctx: Any, v: torch.Tensor, w_cat: torch.Tensor,
-                b_cat: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx: Any, v: torch.Tensor, w_cat: torch.Tensor, b_cat: torch.Tensor | None,
+                w_out: torch.Tensor, b_out: torch.Tensor | None) -> torch.Tensor:
         d = w_cat.shape[1] // 2
         wt = w_cat.transpose(1, 2)
         u = torch.bmm(v, wt) if b_cat is None else torch.baddbmm(b_cat.unsqueeze(1), v, wt)
@@ -674,24 +682,31 @@ class _GatedTanhSigmoid(torch.autograd.Function):
         t = u[..., :d].mul(2.0).sub_(1.0)  # tanh(a), contiguous
         s_g = u[..., d:]
         h = t * s_g
-        ctx.save_for_backward(v, w_cat, t, s_g)
-        ctx.has_bias = b_cat is not None
-        return h
+        w_low = w_out.to(h.dtype)
+        scores = torch.bmm(h, w_low.transpose(1, 2)).float()
+        if b_out is not None:
+            scores += b_out.unsqueeze(1)
+        ctx.save_for_backward(v, w_cat, t, s_g, h, w_low)
+        ctx.has_bias = b_cat is not None, b_out is not None
+        return scores
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-        v, w_cat, t, s_g = ctx.saved_tensors
+        v, w_cat, t, s_g, h, w_low = ctx.saved_tensors
         d = t.shape[-1]
-        grad = grad.to(t.dtype)
+        grad_s = grad.to(t.dtype)  # (G, M, 1)
+        grad_w_out = torch.bmm(grad_s.transpose(1, 2), h).float()
+        grad_b_out = grad.sum(1) if ctx.has_bias[1] else None
+        grad_h = grad_s * w_low  # (G, M, 1) x (G, 1, d): the score layer's input gradient
         gu = torch.empty(*t.shape[:-1], 2 * d, dtype=t.dtype, device=t.device)
         aten = torch.ops.aten
-        # d/da: grad * s_g * (1 - t^2); d/dg: grad * t * s_g * (1 - s_g)
-        aten.tanh_backward.grad_input(grad * s_g, t, grad_input=gu[..., :d])
-        aten.sigmoid_backward.grad_input(grad * t, s_g, grad_input=gu[..., d:])
+        # d/da: grad_h * s_g * (1 - t^2); d/dg: grad_h * t * s_g * (1 - s_g)
+        aten.tanh_backward.grad_input(grad_h * s_g, t, grad_input=gu[..., :d])
+        aten.sigmoid_backward.grad_input(grad_h.mul_(t), s_g, grad_input=gu[..., d:])
         grad_v = torch.bmm(gu, w_cat) if ctx.needs_input_grad[0] else None
         grad_w = torch.bmm(gu.transpose(1, 2), v) if ctx.needs_input_grad[1] else None
-        grad_b = gu.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_v, grad_w, grad_b
+        grad_b = gu.sum(1) if ctx.has_bias[0] and ctx.needs_input_grad[2] else None
+        return grad_v, grad_w, grad_b, grad_w_out, grad_b_out
 
 
 def _fused_forward(
@@ -741,16 +756,16 @@ def _fused_forward(
             # GatedAttention, stacked over the members (bmm): tanh(att v) * sigmoid(gate v),
             # then w, softmax over the tiles, attention pooling
             v_in = v
-            # att and gate as one (G, M, d) x (G, d, 2d) product and one fused elementwise
-            # gate (:class:`_GatedTanhSigmoid`), in ``low`` when set
+            # att and gate as one (G, M, d) x (G, d, 2d) product, one fused elementwise
+            # gate and the score layer w (:class:`_GatedScores`), in ``low`` when set
             w_cat = torch.cat([params[a + "att.weight"], params[a + "gate.weight"]], dim=1)
             b_cat = (torch.cat([params[a + "att.bias"], params[a + "gate.bias"]], dim=1)
                      if a + "att.bias" in params else None)
             if low is not None:
                 w_cat = w_cat.to(low)
                 b_cat = None if b_cat is None else b_cat.to(low)
-            h = _GatedTanhSigmoid.apply(v_in, w_cat, b_cat)
-            logits = _stacked_linear(params, a + "w.", h.float()).view(g, b, n, 1)
+            logits = _GatedScores.apply(v_in, w_cat, b_cat, params[a + "w.weight"],
+                                        params.get(a + "w.bias")).view(g, b, n, 1)
             m_arg = _no_padding(m)
             if m_arg is not None:
                 logits = logits.masked_fill(m_arg.unsqueeze(0), float("-inf"))
@@ -770,7 +785,6 @@ def _fused_forward(
             or type(layers[2]) is not nn.Linear or buffers):
         return None
     act = layers[1]
-    mask_value = float(layers[0].mask_value)
     n_top, n_bottom = int(base.n_top), int(base.n_bottom)
     k = n_top + n_bottom
     p1, p2 = "score_model.hidden_layers.0.", "score_model.hidden_layers.2."
@@ -792,9 +806,9 @@ def _fused_forward(
             w = w1.reshape(g * hdim, -1).to(xt.dtype).t()
             x2 = xt.view(b * n, -1)
             h = x2 @ w if b1 is None else torch.addmm(b1.reshape(-1).to(xt.dtype), x2, w)
-            if m_arg is not None:
-                h = h.masked_fill(m_arg.reshape(b * n, 1), mask_value)
-            h = act(h)
+            # no MaskedLinear fill here: _extreme_indices replaces the padded rows' scores
+            # by -inf/+inf, so their values never choose a tile (a pass over (M, G*H) saved)
+            h = h.sigmoid_() if type(act) is nn.Sigmoid else act(h)
             w2, b2 = params[p2 + "weight"], params.get(p2 + "bias")  # (G, 1, H), (G, 1)
             s = (h @ torch.block_diag(*w2.transpose(1, 2)).to(h.dtype)).float()  # (M, G)
             if b2 is not None:
@@ -808,16 +822,19 @@ def _fused_forward(
 
 
 class _FromFirstLayers(nn.Module):
-    """DSMIL from its feature columns and the outputs of its two first tile layers (for
-    ``functional_call`` under ``vmap``: its parameters are the model's, prefixed ``m.``)."""
+    """DSMIL's instance branch and bag attention from the outputs of its two first tile
+    layers (for ``functional_call`` under ``vmap``: its parameters are the model's, prefixed
+    ``m.``): (s_max (B, C), attention (B, N, C))."""
 
     def __init__(self, model: nn.Module, start: int = 1) -> None:
         super().__init__()
         self.m, self.start = model, start
 
-    def forward(self, first_scores: torch.Tensor, first_queries: torch.Tensor, x: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
-        return self.m._forward_from_first(x, mask, first_scores, first_queries, self.start)
+    def forward(self, first_scores: torch.Tensor, first_queries: torch.Tensor,
+                mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        _, s_max, attention = self.m.attention_from(None, mask, first_scores, first_queries,
+                                                    self.start)
+        return s_max, attention
 
 
 def _fused_dsmil(
@@ -853,11 +870,25 @@ def _fused_dsmil(
     wrapper = _FromFirstLayers(base, start)
     wrapped = {"m." + k: v for k, v in params.items()}  # the same tensors (updated in place)
 
-    def rest(p: dict, hs: torch.Tensor, hq: torch.Tensor, x: torch.Tensor,
-             m: torch.Tensor | None) -> torch.Tensor:
-        return functional_call(wrapper, p, (hs, hq, x, m))
+    def rest(p: dict, hs: torch.Tensor, hq: torch.Tensor,
+             m: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return functional_call(wrapper, p, (hs, hq, m))
 
-    members = vmap(rest, in_dims=(0, 0, 0, None, None))
+    members = vmap(rest, in_dims=(0, 0, 0, None))
+    mlp = {n[len("mlp."):]: n for n in params if n.startswith("mlp.")}
+    head = vmap(lambda p, v: functional_call(base.mlp, p, (v,)), in_dims=(0, 0))
+
+    def pooled(hs: torch.Tensor, hq: torch.Tensor, x: torch.Tensor,
+               m: torch.Tensor | None) -> torch.Tensor:
+        """The members' logits (G, B, C): their attention (vmap), then the bag pooling of
+        all members as one (B, G*C, n) x (B, n, D) product over the shared features (under
+        vmap each member's pooling would read its own expanded copy of them)."""
+        s_max, att = members(wrapped, hs, hq, m)  # (G, B, C), (G, B, n, C)
+        g, b, n, c = att.shape
+        a = att.permute(1, 0, 3, 2).reshape(b, g * c, n)
+        bag = torch.matmul(a, x).view(b, g, c, -1).transpose(0, 1)  # (G, B, C, D)
+        s_bag = head({k: params[full] for k, full in mlp.items()}, bag).squeeze(-1)
+        return base._combine(s_max, s_bag)
 
     def dsmil(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         n = max(int((~m[..., 0]).sum(dim=1).max()), 1)  # cut to the longest slide
@@ -882,12 +913,19 @@ def _fused_dsmil(
             g = h.shape[0] // 2
             h = h.view(2, g, b, n, -1)
             if m_arg is not None and any(f is not None for f in fills):
-                # MaskedLinear: padded rows -> its fill value, per branch
-                h = torch.stack([h[i] if f is None else h[i].masked_fill(m_arg.unsqueeze(0), f)
-                                 for i, f in enumerate(fills)])
+                # MaskedLinear: padded rows -> its fill value, per branch (one pass over both
+                # when they fill alike)
+                if fills[0] is not None and fills[0] == fills[1]:
+                    h = h.masked_fill(m_arg, fills[0])
+                else:
+                    h = torch.stack([h[i] if f is None
+                                     else h[i].masked_fill(m_arg.unsqueeze(0), f)
+                                     for i, f in enumerate(fills)])
             if act is not None:
                 h = act(h)
-            outs = [h[0], h[1]]
+            # unbind, not h[0] and h[1]: its backward stacks the two gradients in one pass
+            # (two selects would each zero-fill a full-size gradient first)
+            outs = list(h.unbind(0))
         else:
             g = h.shape[0]
             h = h.view(g, b, n, -1)
@@ -901,10 +939,10 @@ def _fused_dsmil(
             outs = list(torch.split(h, widths, dim=-1))
         x_raw = xt  # the bag pools the features (in ``low`` under autocast)
         if low is None:
-            return members(wrapped, outs[0], outs[1], x_raw, m_arg)
-        # the tile MLPs' later layers in ``low`` (autocast), the bag and heads in float32
+            return pooled(outs[0], outs[1], x_raw, m_arg)
+        # the tile MLPs' later layers and the pooling in ``low`` (autocast)
         with torch.autocast(x.device.type, dtype=low):
-            return members(wrapped, outs[0], outs[1], x_raw, m_arg).float()
+            return pooled(outs[0], outs[1], x_raw, m_arg).float()
 
     return dsmil
 
@@ -926,14 +964,6 @@ def _extreme_indices(scores: torch.Tensor, mask: torch.Tensor | None, n_top: int
     top = s_top.topk(n_top, dim=-1).indices
     bottom = s_bottom.topk(n_bottom, dim=-1, largest=False).indices
     return torch.cat([top, bottom], dim=-1)
-
-
-def _stacked_linear(params: dict, prefix: str, x: torch.Tensor) -> torch.Tensor:
-    """The members' ``Linear`` ``prefix`` on their own inputs: (G, M, i) -> (G, M, o)."""
-    w, b = params[prefix + "weight"], params.get(prefix + "bias")
-    if b is None:
-        return torch.bmm(x, w.transpose(1, 2))
-    return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
 
 
 def _no_padding(mask: torch.Tensor) -> torch.Tensor | None:

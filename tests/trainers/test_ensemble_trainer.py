@@ -11,7 +11,7 @@ from testlib.cv import ToyCohort, assert_members_equal_plain, fp32_and_bf16_memb
 from rl_benchmarks.trainers.ensemble_trainer import (
     EnsembleTrainer,
     _fused_forward,
-    _GatedTanhSigmoid,
+    _GatedScores,
     _SharedLinear,
     _StackedAdam,
     preload,
@@ -139,31 +139,38 @@ def test_shared_linear_low_output():
 
 @pytest.mark.parametrize("low", [None, torch.bfloat16])
 @pytest.mark.parametrize("bias", [True, False])
-def test_gated_tanh_sigmoid_equals_tanh_times_sigmoid(low, bias):
-    """ABMIL's fused gate (one product, tanh as 2 sigmoid(2a) - 1): the outputs and the
-    gradients of v, weights and biases of ``tanh(v Wa^T + ba) * sigmoid(v Wg^T + bg)`` per
-    member, computed independently in float64 by autograd."""
+def test_gated_scores_equal_the_gated_attention_layers(low, bias):
+    """ABMIL's fused gated scores (one product, tanh as 2 sigmoid(2a) - 1, the score layer
+    inside): the scores and the gradients of v, the gate's and the score layer's weights and
+    biases of ``w(tanh(v Wa^T + ba) * sigmoid(v Wg^T + bg)) + bw`` per member, computed
+    independently in float64 by autograd."""
     g, m, d = 3, 70, 12
     gen = torch.Generator().manual_seed(2)
     v = torch.randn(g, m, d, generator=gen, requires_grad=True)
     w = torch.randn(g, 2 * d, d, generator=gen, requires_grad=True)
     b = torch.randn(g, 2 * d, generator=gen, requires_grad=True) if bias else None
-    up = torch.randn(g, m, d, generator=gen)
+    w_out = torch.randn(g, 1, d, generator=gen, requires_grad=True)
+    b_out = torch.randn(g, 1, generator=gen, requires_grad=True) if bias else None
+    up = torch.randn(g, m, 1, generator=gen)
     cast = (lambda t: t) if low is None else (lambda t: t.to(low))
-    out = _GatedTanhSigmoid.apply(cast(v), cast(w), None if b is None else cast(b))
-    (out.float() * up).sum().backward()
-    v64, w64 = v.detach().double().requires_grad_(), w.detach().double().requires_grad_()
-    b64 = None if b is None else b.detach().double().requires_grad_()
+    out = _GatedScores.apply(cast(v), cast(w), None if b is None else cast(b), w_out, b_out)
+    assert out.dtype == torch.float32 and out.shape == (g, m, 1)
+    (out * up).sum().backward()
+    leaves = [x for x in (v, w, b, w_out, b_out) if x is not None]
+    v64, w64, b64, wo64, bo64 = (None if x is None else x.detach().double().requires_grad_()
+                                 for x in (v, w, b, w_out, b_out))
     a = torch.bmm(v64, w64[:, :d].transpose(1, 2))
     z = torch.bmm(v64, w64[:, d:].transpose(1, 2))
     if b64 is not None:
         a, z = a + b64[:, None, :d], z + b64[:, None, d:]
-    ref = torch.tanh(a) * torch.sigmoid(z)
+    ref = torch.bmm(torch.tanh(a) * torch.sigmoid(z), wo64.transpose(1, 2))
+    if bo64 is not None:
+        ref = ref + bo64.unsqueeze(1)
     (ref * up.double()).sum().backward()
-    tol = {"atol": 1e-5, "rtol": 1e-5} if low is None else {"atol": 0.05, "rtol": 0.05}
+    tol = {"atol": 1e-5, "rtol": 1e-5} if low is None else {"atol": 0.1, "rtol": 0.05}
     torch.testing.assert_close(out.double(), ref, **tol)
-    pairs = [(v, v64), (w, w64)] + ([] if b is None else [(b, b64)])
-    for ours, theirs in pairs:
+    theirs_all = [x for x in (v64, w64, b64, wo64, bo64) if x is not None]
+    for ours, theirs in zip(leaves, theirs_all):
         scale = float(theirs.grad.abs().max())
         err = float((ours.grad.double() - theirs.grad).abs().max()) / scale
         assert err < (1e-5 if low is None else 3e-2)

@@ -104,10 +104,25 @@ class DSMIL(nn.Module):
         start: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`_branches` on feature columns ``x`` (B, N, D) and a (B, N, 1) mask or None.
-        ``first_scores`` / ``first_queries``: the outputs of the layers before ``start`` of
-        ``tiles_scores`` / ``tiles_queries`` (their first layer when ``start=1``, its
-        activation too when ``start=2``) when the caller computed them (the nested-CV fast
-        path computes them for several members in one matmul)."""
+        ``first_scores`` / ``first_queries``: see :meth:`attention_from`."""
+        scores, s_max, attention = self.attention_from(x, mask, first_scores, first_queries,
+                                                       start)
+        values = self.tiles_values(x, mask) if self.passing_values else x
+        bag = torch.matmul(attention.transpose(1, 2), values)  # (B, C, Dv)
+        s_bag = self.mlp(bag).squeeze(-1)  # (B, C)
+        return scores, s_max, attention, s_bag
+
+    def attention_from(
+        self, x: torch.Tensor | None, mask: torch.Tensor | None,
+        first_scores: torch.Tensor | None = None, first_queries: torch.Tensor | None = None,
+        start: int = 1,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tile scores (B, N, C), s_max (B, C) and the bag attention (B, N, C), everything
+        before the bag pooling. ``first_scores`` / ``first_queries``: the outputs of the
+        layers before ``start`` of ``tiles_scores`` / ``tiles_queries`` (their first layer
+        when ``start=1``, its activation too when ``start=2``) when the caller computed them
+        (the nested-CV fast path computes them for several members in one matmul, and then
+        pools the features of all members at once); ``x`` may then be None."""
         if first_scores is None:
             scores = self.tiles_scores(x, mask)  # (B, N, C)
         else:
@@ -125,10 +140,7 @@ class DSMIL(nn.Module):
         if mask is not None:
             logits = logits.masked_fill(mask, float("-inf"))
         attention = torch.softmax(logits, dim=1)
-        values = self.tiles_values(x, mask) if self.passing_values else x
-        bag = torch.matmul(attention.transpose(1, 2), values)  # (B, C, Dv)
-        s_bag = self.mlp(bag).squeeze(-1)  # (B, C)
-        return scores, s_max.squeeze(1), attention, s_bag
+        return scores, s_max.squeeze(1), attention
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, metadata_cols + D), (B, N, 1) -> logits (B, out_features)."""
@@ -136,20 +148,13 @@ class DSMIL(nn.Module):
         return self._combine(s_max, s_bag)
 
     def _combine(self, s_max: torch.Tensor, s_bag: torch.Tensor) -> torch.Tensor:
+        """The logits from the instance and bag branches, as ``out_logits`` says (any
+        leading dimensions)."""
         if self.out_logits == "max":
             return s_max
         if self.out_logits == "bag":
             return s_bag
         return 0.5 * (s_max + s_bag)
-
-    def _forward_from_first(
-        self, x: torch.Tensor, mask: torch.Tensor | None, first_scores: torch.Tensor,
-        first_queries: torch.Tensor, start: int = 1,
-    ) -> torch.Tensor:
-        """:meth:`forward` from the feature columns and the outputs of the tile MLPs' layers
-        before ``start`` (see :meth:`_branches_from`): logits (B, out_features)."""
-        _, s_max, _, s_bag = self._branches_from(x, mask, first_scores, first_queries, start)
-        return self._combine(s_max, s_bag)
 
     def tile_scores(
         self, features: torch.Tensor, mask: torch.Tensor | None = None, class_index: int = 0
