@@ -130,7 +130,9 @@ def main() -> None:
             ours = ours_run(cfg, data, q, args.steps, args.batch)
             print(f"{model} ours {q}: {ours:.1f} CPU s ({plain / ours:.2f}x)", flush=True)
             rows.append((model, q, train_flops, plain, ours))
-    rates = {q: max(r, cv.matmul_rate(q)) for q, r in rates.items()}
+        # measured again after each model: the best of all (a busy VM host can make one
+        # measurement read low, see cv.matmul_rate)
+        rates = {q: max(r, cv.matmul_rate(q)) for q, r in rates.items()}
 
     lines = [
         f"Machine: {machine_description()}. "
@@ -141,7 +143,8 @@ def main() -> None:
         "other; ours: one EnsembleTrainer run of the 4 members (set-up included). Model and "
         "optimizer only (features in memory, no validation). CPU seconds of the process; "
         "the floor is the fast path's FLOPs (`cv.flops_per_slide`) at the matmul rate "
-        "measured in the same invocation (best of before/after, fp32 or bf16 as the row).",
+        "measured in the same invocation (the best of its measurements before and after "
+        "each model, fp32 or bf16 as the row).",
         "",
         "| model | precision | GFLOP per training slide (fast path) | CPU s plain / ours | "
         "ratio | matmul GFLOP per CPU s | floor CPU s | ceiling | fraction of ceiling |",
