@@ -721,7 +721,9 @@ NOTES = [
     "the plain baseline alone would take hours here. At 64 tiles the PPEG convolutions are a "
     "smaller share (13.0 / 4.3 GFLOP per slide, counted) and the per-step work on its 49M "
     "parameters (Adam, 4 members: about 9 GiB peak RSS) a larger one, so these rows' ratios "
-    "are not the 1000-tile ratios; the arithmetic above is the 1000-tile ceiling.",
+    "are not the 1000-tile ratios; the arithmetic above is the 1000-tile ceiling. "
+    "`benchmarks/cv_step.py` (section `cv_step`) measures TransMIL's training steps at 1024 "
+    "tiles, which dominate the full protocol at that size.",
     "* TransMIL with the depthwise PPEG (`ppeg: depthwise`, the original paper; not the "
     "reference's numbers): 49 / 16 GFLOP per slide, mostly the two attention blocks over "
     "1025 tokens; merging the kernels saves little there. Ceiling: the plain path's "
