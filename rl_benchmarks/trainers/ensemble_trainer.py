@@ -633,8 +633,8 @@ class _SharedLinear(torch.autograd.Function):
         y = (x @ w.t()).view(-1, g, h)
         # (M, G, H) -> contiguous (G, M, H) with the bias added, in one pass (fast bmm
         # next): float32, or ``low`` with ``low_out``; the bias in the output's dtype (a
-        # float32 bias on a bfloat16 tensor takes a slow mixed-dtype loop, about 10x the
-        # time of the pass; the sum is still rounded once)
+        # float32 bias on a bfloat16 tensor runs a slower mixed-dtype loop: measured alone
+        # at DSMIL's (8, 16000, 200), 206 against 84 CPU ms; the sum is still rounded once)
         dtype = low if low is not None and low_out else torch.float32
         out = torch.empty(g, y.shape[0], h, dtype=dtype, device=y.device)
         if bias is None:
