@@ -23,7 +23,6 @@ the floor they imply on the matmul rate measured in the same invocation, the cei
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 from pathlib import Path
 
@@ -33,11 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cv  # noqa: E402  (benchmarks/cv.py: configs, FLOP counts, matmul rate)
 
 MEMBERS = [(1.0e-3, 0.0), (1.0e-3, 1.0e-4), (1.0e-4, 0.0), (1.0e-4, 1.0e-4)]
-
-
-def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def cohort(n_slides: int, n_tiles: int, dim: int, seed: int = 0):
@@ -64,7 +58,7 @@ def plain_runs(cfg, data, batch: int, steps: int) -> float:
     from rl_benchmarks.utils.seed import set_seed
 
     crit = torch.nn.BCEWithLogitsLoss()
-    start = _cpu_s()
+    start = cv._cpu_s()
     for lr, wd in MEMBERS:
         set_seed(0)
         model = instantiate(cfg.model).train()
@@ -75,17 +69,17 @@ def plain_runs(cfg, data, batch: int, steps: int) -> float:
             opt.zero_grad()
             loss.backward()
             opt.step()
-    return _cpu_s() - start
+    return cv._cpu_s() - start
 
 
 def ours_run(cfg, data, precision: str, steps: int, batch: int) -> float:
     """CPU seconds of the 4 members as one fast-path run (one epoch, no validation)."""
     from rl_benchmarks.trainers.ensemble_trainer import EnsembleTrainer
 
-    start = _cpu_s()
+    start = cv._cpu_s()
     EnsembleTrainer(cfg, precision).train(data, list(range(steps * batch)), None, MEMBERS, 1,
                                           seed=0)
-    return _cpu_s() - start
+    return cv._cpu_s() - start
 
 
 def main() -> None:

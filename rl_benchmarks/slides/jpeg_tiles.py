@@ -43,7 +43,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -304,7 +304,8 @@ class JpegTiles:
         tables = bytes(page.jpegtables or b"")
         if not why:
             first = self._raw(int(page.dataoffsets[0]), int(counts[0]))
-            sof = _sof_type(first) if _sof_type(first) is not None else _sof_type(tables)
+            sof = _sof_type(first)
+            sof = _sof_type(tables) if sof is None else sof
             if sof not in (0xC0, 0xC1, 0xC2):
                 why = (f"slide level {slide_level}: JPEG frame type "
                        f"{'none' if sof is None else hex(sof)} (need baseline or progressive)")
@@ -423,15 +424,14 @@ class CompressedBatch:
     pixels: torch.Tensor
     pixel_rows: torch.Tensor
     tile_size: int
-    streams_read: int = field(default=0)
 
     def __len__(self) -> int:
         return int(self.regions.shape[0])
 
-    def pin_memory(self) -> CompressedBatch:
-        """For DataLoader(pin_memory=True): the streams are read by the decoder from host
-        memory as they are."""
-        return self
+    @property
+    def streams_read(self) -> int:
+        """How many JPEG streams the batch holds (each covering TIFF tile once)."""
+        return len(self.bounds) - 1
 
 
 def read_compressed(source: JpegTiles, coords: np.ndarray) -> CompressedBatch:
@@ -491,7 +491,7 @@ def read_compressed(source: JpegTiles, coords: np.ndarray) -> CompressedBatch:
         data=torch.from_numpy(data.copy()), bounds=torch.from_numpy(np.cumsum(sizes)),
         tile_hw=tile_hw, regions=torch.from_numpy(regions), lookup=torch.from_numpy(lookup),
         pixels=torch.from_numpy(pixels), pixel_rows=torch.as_tensor(cpu_rows, dtype=torch.int64),
-        tile_size=t, streams_read=len(chunks))
+        tile_size=t)
 
 
 def check_batch_decoder(batch: CompressedBatch, device: torch.device | str,

@@ -26,8 +26,8 @@ What is exact and what is not:
   elementwise gate and its score layer (:class:`_GatedScores`, see
   :func:`_fused_forward`).
 
-* ``DSMIL``: the first layers of its two tile MLPs, of all members, are one
-  :class:`_SharedLinear` matmul, their activation one pass over its output; the rest of
+* ``DSMIL``: the first layers of its two tile MLPs (equally wide, as in the reference), of
+  all members, are one :class:`_SharedLinear` matmul, their activation one pass over its output; the rest of
   the tile MLPs and the attention run as the model itself (``vmap``), and the bag pooling
   of all members is one product over the shared features (no per-member copy of them);
 * models with dropout (``HIPTMIL``; any model configured with dropout): the members run
@@ -618,24 +618,24 @@ class _SharedLinear(torch.autograd.Function):
     One (M, D) x (D, G*H) matmul forward and one (G*H, M) x (M, D) matmul for the weight
     gradient, instead of G narrow ones (vmap); ``x`` is a frozen input and gets no
     gradient. ``low`` (e.g. bfloat16) runs both matmuls in that dtype (weights, Adam state
-    and everything after the layer stay float32). Returns (G, M, H), float32, or in ``low``
-    when ``low_out`` (for a consumer that runs in ``low`` anyway: no cast pass, half the
-    bytes; the bias is then rounded to ``low`` too, and the sum rounded once).
+    and everything after the layer stay float32). Returns (G, M, H) in ``low`` when set (its
+    consumers run in ``low`` anyway: no cast pass, half the bytes; the bias is rounded to
+    ``low`` too, and the sum rounded once), else in float32.
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                low: torch.dtype | None, low_out: bool = False) -> torch.Tensor:
+                low: torch.dtype | None) -> torch.Tensor:
         g, h, d = weight.shape
         w = weight.reshape(g * h, d)
         if low is not None:
             x, w = x.to(low), w.to(low)
         y = (x @ w.t()).view(-1, g, h)
         # (M, G, H) -> contiguous (G, M, H) with the bias added, in one pass (fast bmm
-        # next): float32, or ``low`` with ``low_out``; the bias in the output's dtype (a
+        # next), in the output's dtype; the bias too (a
         # float32 bias on a bfloat16 tensor runs a slower mixed-dtype loop: measured alone
         # at DSMIL's (8, 16000, 200), 206 against 84 CPU ms; the sum is still rounded once)
-        dtype = low if low is not None and low_out else torch.float32
+        dtype = low if low is not None else torch.float32
         out = torch.empty(g, y.shape[0], h, dtype=dtype, device=y.device)
         if bias is None:
             out.copy_(y.transpose(0, 1))
@@ -655,7 +655,7 @@ class _SharedLinear(torch.autograd.Function):
         grad_w = (grad2.t() @ x).float().view(g, h, d)
         # (a bfloat16 gradient is summed with float32 accumulation, without a float32 copy)
         grad_b = grad.sum(1).float() if ctx.has_bias else None
-        return None, grad_w, grad_b, None, None
+        return None, grad_w, grad_b, None
 
 
 class _GatedScores(torch.autograd.Function):
@@ -742,8 +742,7 @@ def _fused_forward(
             return None
         temperature = float(base.attention_layer.temperature)
         a = "attention_layer."
-        mlp = {n[len("mlp."):]: n for n in params if n.startswith("mlp.")}
-        head = vmap(lambda p, v: functional_call(base.mlp, p, (v,)), in_dims=(0, 0))
+        head = _member_head(base.mlp, params)
 
         def abmil(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
             xt = tiles[x]  # (B, N, D): one gather of the feature columns
@@ -751,20 +750,18 @@ def _fused_forward(
             # the tile embedding v (G, M, d): in ``low`` when set (the gate's products and
             # the pooling read it in ``low``; no float32 copy)
             v = _SharedLinear.apply(xt.view(b * n, -1), params[lin + "weight"],
-                                    params.get(lin + "bias"), low, low is not None)
+                                    params.get(lin + "bias"), low)
             g, d = v.shape[0], v.shape[-1]
-            # GatedAttention, stacked over the members (bmm): tanh(att v) * sigmoid(gate v),
-            # then w, softmax over the tiles, attention pooling
-            v_in = v
-            # att and gate as one (G, M, d) x (G, d, 2d) product, one fused elementwise
-            # gate and the score layer w (:class:`_GatedScores`), in ``low`` when set
+            # GatedAttention over the members: att and gate as one (G, M, d) x (G, d, 2d)
+            # product, one fused elementwise gate and the score layer w
+            # (:class:`_GatedScores`), in ``low`` when set; then softmax and pooling
             w_cat = torch.cat([params[a + "att.weight"], params[a + "gate.weight"]], dim=1)
             b_cat = (torch.cat([params[a + "att.bias"], params[a + "gate.bias"]], dim=1)
                      if a + "att.bias" in params else None)
             if low is not None:
                 w_cat = w_cat.to(low)
                 b_cat = None if b_cat is None else b_cat.to(low)
-            logits = _GatedScores.apply(v_in, w_cat, b_cat, params[a + "w.weight"],
+            logits = _GatedScores.apply(v, w_cat, b_cat, params[a + "w.weight"],
                                         params.get(a + "w.bias")).view(g, b, n, 1)
             m_arg = _no_padding(m)
             if m_arg is not None:
@@ -772,7 +769,7 @@ def _fused_forward(
             weights = torch.softmax(logits / temperature, dim=2)  # (G, B, N, 1)
             pooled = torch.matmul(weights.transpose(2, 3).to(v.dtype),
                                   v.view(g, b, n, d)).squeeze(2).float()
-            return head({k: params[full] for k, full in mlp.items()}, pooled)
+            return head(pooled)
 
         return abmil
     if name != "Chowder" or int(getattr(base, "out_features", 0)) != 1:
@@ -808,7 +805,7 @@ def _fused_forward(
             h = x2 @ w if b1 is None else torch.addmm(b1.reshape(-1).to(xt.dtype), x2, w)
             # no MaskedLinear fill here: _extreme_indices replaces the padded rows' scores
             # by -inf/+inf, so their values never choose a tile (a pass over (M, G*H) saved)
-            h = h.sigmoid_() if type(act) is nn.Sigmoid else act(h)
+            h = act(h)
             w2, b2 = params[p2 + "weight"], params.get(p2 + "bias")  # (G, 1, H), (G, 1)
             s = (h @ torch.block_diag(*w2.transpose(1, 2)).to(h.dtype)).float()  # (M, G)
             if b2 is not None:
@@ -862,8 +859,8 @@ def _fused_dsmil(
     prefixes = ["tiles_scores.hidden_layers.0.", "tiles_queries.hidden_layers.0."]
     if any((p + "bias" in params) != (firsts[0].bias is not None) for p in prefixes):
         return None
-    widths = [layer.out_features for layer in firsts]
-    branch_major = widths[0] == widths[1]
+    if firsts[0].out_features != firsts[1].out_features:
+        return None  # the stacked layout needs equal widths (the reference's 200 and 200)
     fills = [float(layer.mask_value) if isinstance(layer, MaskedLinear) else None
              for layer in firsts]
     tiles_low = data.tiles(meta, low)
@@ -875,8 +872,7 @@ def _fused_dsmil(
         return functional_call(wrapper, p, (hs, hq, m))
 
     members = vmap(rest, in_dims=(0, 0, 0, None))
-    mlp = {n[len("mlp."):]: n for n in params if n.startswith("mlp.")}
-    head = vmap(lambda p, v: functional_call(base.mlp, p, (v,)), in_dims=(0, 0))
+    head = _member_head(base.mlp, params)
 
     def pooled(hs: torch.Tensor, hq: torch.Tensor, x: torch.Tensor,
                m: torch.Tensor | None) -> torch.Tensor:
@@ -887,7 +883,7 @@ def _fused_dsmil(
         g, b, n, c = att.shape
         a = att.permute(1, 0, 3, 2).reshape(b, g * c, n)
         bag = torch.matmul(a, x).view(b, g, c, -1).transpose(0, 1)  # (G, B, C, D)
-        s_bag = head({k: params[full] for k, full in mlp.items()}, bag).squeeze(-1)
+        s_bag = head(bag).squeeze(-1)
         return base._combine(s_max, s_bag)
 
     def dsmil(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -896,47 +892,27 @@ def _fused_dsmil(
         xt = tiles_low[x, :n]  # (B, n, D), maybe bf16: one gather
         b = xt.shape[0]
         has_bias = prefixes[0] + "bias" in params
-        if branch_major:
-            # equal widths: the members' weights stacked branch-major, (2G, H, D), so each
-            # branch's output (G, B*n, H) is contiguous (no strided halves downstream)
-            weight = torch.cat([params[p + "weight"] for p in prefixes], dim=0)
-            bias = (torch.cat([params[p + "bias"] for p in prefixes], dim=0) if has_bias
-                    else None)
-        else:
-            weight = torch.cat([params[p + "weight"] for p in prefixes], dim=1)  # (G, H1+H2, D)
-            bias = (torch.cat([params[p + "bias"] for p in prefixes], dim=1) if has_bias
-                    else None)
+        # the members' weights stacked branch-major, (2G, H, D), so each branch's output
+        # (G, B*n, H) is contiguous (no strided halves downstream)
+        weight = torch.cat([params[p + "weight"] for p in prefixes], dim=0)
+        bias = torch.cat([params[p + "bias"] for p in prefixes], dim=0) if has_bias else None
         # in ``low`` when set: the rest of the tile MLPs runs in it too
-        h = _SharedLinear.apply(xt.reshape(b * n, -1), weight, bias, low, low is not None)
+        h = _SharedLinear.apply(xt.reshape(b * n, -1), weight, bias, low)
         m_arg = _no_padding(m)
-        if branch_major:
-            g = h.shape[0] // 2
-            h = h.view(2, g, b, n, -1)
-            if m_arg is not None and any(f is not None for f in fills):
-                # MaskedLinear: padded rows -> its fill value, per branch (one pass over both
-                # when they fill alike)
-                if fills[0] is not None and fills[0] == fills[1]:
-                    h = h.masked_fill(m_arg, fills[0])
-                else:
-                    h = torch.stack([h[i] if f is None
-                                     else h[i].masked_fill(m_arg.unsqueeze(0), f)
-                                     for i, f in enumerate(fills)])
-            if act is not None:
-                h = act(h)
-            # unbind, not h[0] and h[1]: its backward stacks the two gradients in one pass
-            # (two selects would each zero-fill a full-size gradient first)
-            outs = list(h.unbind(0))
-        else:
-            g = h.shape[0]
-            h = h.view(g, b, n, -1)
-            if m_arg is not None and any(f is not None for f in fills):
-                pad = m_arg.unsqueeze(0)
-                outs = [o if f is None else o.masked_fill(pad, f)
-                        for o, f in zip(torch.split(h, widths, dim=-1), fills)]
-                h = torch.cat(outs, dim=-1)
-            if act is not None:
-                h = act(h)
-            outs = list(torch.split(h, widths, dim=-1))
+        h = h.view(2, h.shape[0] // 2, b, n, -1)
+        if m_arg is not None and any(f is not None for f in fills):
+            # MaskedLinear: padded rows -> its fill value, per branch (one pass over both
+            # when they fill alike)
+            if fills[0] is not None and fills[0] == fills[1]:
+                h = h.masked_fill(m_arg, fills[0])
+            else:
+                h = torch.stack([h[i] if f is None else h[i].masked_fill(m_arg.unsqueeze(0), f)
+                                 for i, f in enumerate(fills)])
+        if act is not None:
+            h = act(h)
+        # unbind, not h[0] and h[1]: its backward stacks the two gradients in one pass
+        # (two selects would each zero-fill a full-size gradient first)
+        outs = h.unbind(0)
         x_raw = xt  # the bag pools the features (in ``low`` under autocast)
         if low is None:
             return pooled(outs[0], outs[1], x_raw, m_arg)
@@ -945,6 +921,14 @@ def _fused_dsmil(
             return pooled(outs[0], outs[1], x_raw, m_arg).float()
 
     return dsmil
+
+
+def _member_head(mlp: nn.Module, params: dict, prefix: str = "mlp.") -> Callable:
+    """The members' head ``mlp`` (its parameters ``prefix*`` in the stacked ``params``) on
+    their own inputs: (G, ...) -> (G, ...), one vmap over the members."""
+    names = {n[len(prefix):]: n for n in params if n.startswith(prefix)}
+    head = vmap(lambda p, v: functional_call(mlp, p, (v,)), in_dims=(0, 0))
+    return lambda v: head({k: params[full] for k, full in names.items()}, v)
 
 
 # parameter-free elementwise activations that may run once over several members' layers

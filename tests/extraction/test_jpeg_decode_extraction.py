@@ -66,7 +66,8 @@ def test_a_device_decoder_that_disagrees_is_not_used(real_data, monkeypatch):
     monkeypatch.setattr(jt, "decode_batch", lambda b, d: used.append(str(d)) or real_decode(b, d))
     decoders: dict[int, str] = {}
     dev = ex.extract_from_coords(jobs, ext, 224, batch_size=8, progress=False,
-                                 jpeg_device="cpu", decoders=decoders)
+                                 jpeg_device="cpu:0", decoders=decoders)
+    # the "device" is cpu:0, the fallback plain "cpu": only the fallback decoded
     assert decoders == {0: "cpu: it disagrees"} and used == ["cpu"] * 3
     np.testing.assert_array_equal(dev[0], cpu[0])
 

@@ -36,7 +36,7 @@ from torch import nn
 #: Paths an :class:`~rl_benchmarks.models.feature_extractors.core.Extractor` can run.
 PATH_PLAIN = "plain"            # the module as built, fp32
 PATH_AUTOCAST = "autocast"      # the module as built, under torch.autocast (bf16/fp16)
-PATH_FAST = "fast"              # build_fast_module copy (bf16 weights on CPU)
+PATH_FAST = "fast"              # build_fast_module copy (CPU; fp32 or bf16 weights)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -245,6 +245,16 @@ def count_fusable_blocks(module: nn.Module) -> int:
     return sum(1 for m in module.modules() if fusable_block(m))
 
 
+def shares_weights_in_fp32(module: nn.Module) -> bool:
+    """Whether the fp32 fast copy of ``module`` uses its own weight tensors throughout: no
+    LayerScale (folded into new tensors) and an erf-GELU ``Mlp`` in every replaced block (any
+    other MLP is copied as it is)."""
+    classes = _timm_classes()
+    return all(_layer_scale(m.ls1, classes) is None and _layer_scale(m.ls2, classes) is None
+               and _fusable_mlp(m.mlp, classes)
+               for m in module.modules() if fusable_block(m))
+
+
 class FastModule(nn.Module):
     """The converted copy: casts the float32 input to ``dtype`` and runs the copied network."""
 
@@ -306,13 +316,19 @@ def select_path(network: nn.Module | None, precision: str, device: torch.device,
                 mode: str = "auto") -> str:
     """The inference path for ``network`` at ``precision`` on ``device``.
 
-    ``mode="auto"`` (default) and ``"fast"``: the fast path on the CPU, in fp32 and bf16, when
-    the network holds timm ViT blocks, else the plain path (fp32) or autocast (bf16/fp16, GPUs).
-    ``"plain"`` never takes it. In fp32 the fast path equals the plain one within float rounding
-    (its weights are the module's own tensors, not copies) and runs nearer the matmul rate.
+    ``"fast"``: the fast path on the CPU, in fp32 and bf16, when the network holds timm ViT
+    blocks, else the plain path (fp32) or autocast (bf16/fp16, GPUs). ``"auto"`` (default): the
+    same, except in fp32 for networks whose fast copy would hold a second copy of some weights
+    (LayerScale folded into the projections, SwiGLU MLPs; :func:`shares_weights_in_fp32`),
+    which keep the plain path. ``"plain"`` never takes it. In fp32 the fast path equals the
+    plain one within float rounding and runs nearer the matmul rate.
     """
     check_mode(mode)
     default = PATH_PLAIN if precision == "fp32" else PATH_AUTOCAST
     if mode == "plain" or network is None or device.type != "cpu" or precision == "fp16":
         return default
-    return PATH_FAST if count_fusable_blocks(network) else default
+    if not count_fusable_blocks(network):
+        return default
+    if mode == "auto" and precision == "fp32" and not shares_weights_in_fp32(network):
+        return default  # no second copy of the weights unless asked (mode="fast")
+    return PATH_FAST

@@ -218,13 +218,23 @@ def test_create_extractor_takes_the_inference_path():
                          num_heads=2, img_size=32, tile_size=32, inference_path="turbo")
 
 
-def test_fp32_fast_copy_shares_the_weights():
-    # fp32: the fast copy's linear weights are the module's own tensors (no second copy in memory)
-    model = _vit()
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_fp32_auto_takes_the_fast_path_only_without_a_weight_copy(variant):
+    """fp32, ``auto``: the fast path where its copy uses the module's own weight tensors (all
+    four linears of every block), the plain path where it would copy some (LayerScale folded,
+    SwiGLU MLP); ``fast`` takes it anyway."""
+    model = _build(variant)
     fast = fi.build_fast_module(model, "fp32")
     own = {p.data_ptr() for p in model.parameters()}
-    shared = [p for m in fast.modules() if isinstance(m, fi.FastBlock) for p in (m.w_qkv, m.w_fc1)]
-    assert shared and all(p.data_ptr() in own for p in shared)
+    weights = [getattr(m, n) for m in fast.modules() if isinstance(m, fi.FastBlock)
+               for n in ("w_qkv", "w_proj", "w_fc1", "w_fc2") if getattr(m, n, None) is not None]
+    shared = bool(weights) and all(w.data_ptr() in own for w in weights) and all(
+        m.mlp is None for m in fast.modules() if isinstance(m, fi.FastBlock))
+    assert shared == (variant in ("plain", "no-qkv-bias+registers"))
+    cpu = torch.device("cpu")
+    assert fi.select_path(model, "fp32", cpu, "auto") == (fi.PATH_FAST if shared else fi.PATH_PLAIN)
+    assert fi.select_path(model, "fp32", cpu, "fast") == fi.PATH_FAST
+    assert fi.select_path(model, "bf16", cpu, "auto") == fi.PATH_FAST
 
 
 def test_fp32_fast_path_error_is_float_rounding():
