@@ -157,7 +157,7 @@ def pipeline(extractor, jobs: list[tuple[Path, np.ndarray]], n_tiles: int, batch
         slides_mod.resolve_decode = real_resolve
     assert summary.n_tiles == n_tiles - max(left, 0) and not summary.failed, summary
     if decode == "gpu":
-        fallback = {k: v for k, v in summary.decoders.items() if not v.startswith("device")}
+        fallback = {k: d.fallback for k, d in summary.decoders.items() if not d.on_device}
         if fallback:
             print(f"  note: decode=gpu fell back to the CPU for {fallback}")
     shutil.rmtree(out)

@@ -48,7 +48,7 @@ def main(cfg: DictConfig) -> int:
         print(f"extract-slides: {summary.line()}")
         for slide_id, error in sorted(summary.failed.items()):
             print(f"  failed: {slide_id}: {error}", file=sys.stderr)
-        fallback = sorted((k, v[5:]) for k, v in summary.decoders.items() if v.startswith("cpu"))
+        fallback = sorted((k, d.fallback) for k, d in summary.decoders.items() if not d.on_device)
         for slide_id, why in fallback[:10]:
             print(f"  decoded on the CPU ({why}): {slide_id}")
         if len(fallback) > 10:

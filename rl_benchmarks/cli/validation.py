@@ -235,6 +235,8 @@ RULES: dict[str | tuple[str, str], Rule] = {
     "encoder": _choice("teacher", "student"),
     ("tile", "layout"): _choice("flat", "reference"),
     ("linear-eval", "bootstrap_method"): _choice("fast", "sklearn"),
+    "inference_path": _choice("auto", "fast", "plain"),  # fast_inference.check_mode
+    ("extract-slides", "decode"): _choice("cpu", "gpu", "auto"),  # extraction.slides.DECODES
 }
 
 # A value equal to one of these defaults means "choose for me" and is always accepted.

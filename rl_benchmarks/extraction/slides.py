@@ -32,9 +32,10 @@ Design:
   and return uint8 tiles; normalisation runs batched on tensors in the main process.
   With ``decode=gpu`` (or ``auto`` on CUDA) the workers of slides stored as JPEG tiles only
   read the compressed tiles and the main process decodes them on the GPU
-  (:mod:`rl_benchmarks.slides.jpeg_tiles`; other slides are read as before). The decoder
-  is recorded per slide (``decoder`` in ``features.json``) but is not a setting: the pixels
-  are the CPU path's within JPEG-decoder tolerance.
+  (:mod:`rl_benchmarks.slides.jpeg_tiles`; other slides, and slides stored as a kind of
+  JPEG the GPU's decoder failed its probe on, are read as before). The decoder is recorded
+  per slide (:class:`SlideDecoder`; ``decoder`` in ``features.json``) but is not a setting:
+  the pixels are the CPU path's within JPEG-decoder tolerance.
 * **Write.** When a slide's last batch is done, its JSON record and then its matrix are
   written atomically (``features.npy`` last: its presence means "done"). With
   ``output_format=h5`` (or ``both``) a TRIDENT-layout ``features.h5`` is written instead of
@@ -80,6 +81,28 @@ DECODES = ("cpu", "gpu", "auto")
 """``decode``: cpu (DataLoader workers decode, the reference's way), gpu (workers read the
 compressed JPEG tiles, the extractor's CUDA device decodes them), auto (gpu when the
 extractor runs on CUDA)."""
+
+
+@dataclass(frozen=True)
+class SlideDecoder:
+    """Which decoder read a slide's JPEG tiles (``decode=gpu|auto``): ``device`` (e.g.
+    ``cuda:0``) when the main process decoded them there, else ``""`` (the CPU, in the loader
+    workers) with the reason in ``fallback``."""
+
+    device: str = ""
+    fallback: str = ""
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the device decoded the slide."""
+        return bool(self.device)
+
+    def record(self) -> dict[str, str]:
+        """``features.json``'s keys: ``decoder`` (``"device (decode_jpeg on cuda:0)"`` or
+        ``"cpu"``) and, on the CPU, ``decoder_fallback`` (why not the device)."""
+        if self.on_device:
+            return {"decoder": f"device (decode_jpeg on {self.device})"}
+        return {"decoder": "cpu", "decoder_fallback": self.fallback}
 
 
 class StaleOutputError(ValueError):
@@ -192,14 +215,13 @@ class ExtractionSummary:
     legacy: list[str] = field(default_factory=list)  # skipped outputs without a record
     n_tiles: int = 0
     seconds: float = 0.0
-    decoders: dict[str, str] = field(default_factory=dict)
-    """decode=gpu|auto: slide id -> its decoder ("device (decode_jpeg on cuda:0)", or
-    "cpu: <why not the device>")."""
+    decoders: dict[str, SlideDecoder] = field(default_factory=dict)
+    """decode=gpu|auto: slide id -> the decoder that read it."""
 
     def line(self) -> str:
         rate = self.n_tiles / self.seconds if self.seconds > 0 else 0.0
         held = f", {len(self.held)} left to another live run" if self.held else ""
-        n_dev = sum(v.startswith("device") for v in self.decoders.values())
+        n_dev = sum(d.on_device for d in self.decoders.values())
         dec = (f"; JPEG decoded on the device for {n_dev} slide(s), on the CPU for "
                f"{len(self.decoders) - n_dev}" if self.decoders else "")
         return (
@@ -334,14 +356,15 @@ def check_coords_settings(slides: Sequence[SlideInput], tile_size: int, mpp: flo
 
 class _TileBatches(Dataset):
     """Item k = batch k: (uint8 tiles (b,T,T,3), slide index, first tile index, error
-    message or "", why not compressed or ""). With ``jpeg`` the tiles of a slide whose level
-    :class:`~rl_benchmarks.slides.jpeg_tiles.JpegTiles` supports are a
-    :class:`~rl_benchmarks.slides.jpeg_tiles.CompressedBatch` (JPEG streams, decoded later
-    on the extractor's device); the other slides' are read as without it, and the last item
-    says why."""
+    message or "", why not compressed or ""). With ``jpeg`` (the stream kinds the decoding
+    device is not trusted with, :func:`~rl_benchmarks.slides.jpeg_tiles.probe_decoder`) the
+    tiles of a slide whose level :class:`~rl_benchmarks.slides.jpeg_tiles.JpegTiles` supports
+    are a :class:`~rl_benchmarks.slides.jpeg_tiles.CompressedBatch` (JPEG streams, decoded
+    later on the extractor's device); the other slides' are read as without it, and the
+    last item says why."""
 
     def __init__(self, slides: list[tuple[Path, np.ndarray]], batches: list[tuple[int, int, int]],
-                 tile_size: int, reader: str = "auto", jpeg: bool = False):
+                 tile_size: int, reader: str = "auto", jpeg: dict[Any, str] | None = None):
         self.slides = slides  # (path, coords (n,3)) per slide
         self.batches = batches  # (slide index, start, stop)
         self.tile_size = tile_size
@@ -360,9 +383,10 @@ class _TileBatches(Dataset):
             for old in self._cache.values():  # one open slide per worker at a time
                 old.close()
             self._cache.clear()
-            kind = JpegTiles if self.jpeg else TileReader
-            self._cache[slide_index] = kind(self.slides[slide_index][0], self.tile_size,
-                                            reader=self.reader)
+            path = self.slides[slide_index][0]
+            self._cache[slide_index] = (
+                TileReader(path, self.tile_size, reader=self.reader) if self.jpeg is None
+                else JpegTiles(path, self.tile_size, reader=self.reader, distrusted=self.jpeg))
         return self._cache[slide_index]
 
     def __getitem__(self, k: int):
@@ -371,7 +395,7 @@ class _TileBatches(Dataset):
             reader = self._reader(slide_index)
             coords = self.slides[slide_index][1]
             why = ""
-            if self.jpeg:
+            if self.jpeg is not None:
                 from rl_benchmarks.slides.jpeg_tiles import read_compressed
 
                 why = reader.unsupported(int(coords[start][0]))
@@ -437,7 +461,7 @@ def extract_from_coords(
     reader: str = "auto",
     stain=None,
     jpeg_device: torch.device | str | None = None,
-    decoders: dict[int, str] | None = None,
+    decoders: dict[int, SlideDecoder] | None = None,
 ) -> dict[int, np.ndarray | str]:
     """Features of ``jobs`` (slide path, coords (n,3)), slide by slide.
 
@@ -447,27 +471,25 @@ def extract_from_coords(
     callback it returns index -> matrix or error message. ``reader`` chooses the slide
     reader backend; ``stain`` normalises the tiles' stain first (see :func:`features_of_uint8`).
 
-    With ``jpeg_device`` the workers only read the compressed JPEG tiles of the slides
-    :class:`~rl_benchmarks.slides.jpeg_tiles.JpegTiles` supports, and this process decodes
-    them on ``jpeg_device`` (:func:`rl_benchmarks.slides.jpeg_tiles.decode_batch`), once the
-    first batch of the slide decoded there agrees with the CPU's decoding
-    (:func:`~rl_benchmarks.slides.jpeg_tiles.check_batch_decoder`; otherwise the slide's
-    streams are decoded on the CPU, by the same code). The other slides are read as without
-    it. ``decoders`` (filled when given): slide index -> ``"device (decode_jpeg on <device>)"``
-    or ``"cpu: <why not>"``.
+    With ``jpeg_device`` its decoder is first probed on each kind of JPEG stream
+    (:func:`rl_benchmarks.slides.jpeg_tiles.probe_decoder`); then the workers only read the
+    compressed JPEG tiles of the slides :class:`~rl_benchmarks.slides.jpeg_tiles.JpegTiles`
+    supports and stores as a kind the probe trusts, and this process decodes them on
+    ``jpeg_device`` (:func:`rl_benchmarks.slides.jpeg_tiles.decode_batch`). The other slides
+    are read by the workers as without it. ``decoders`` (filled when given): slide index ->
+    its :class:`SlideDecoder`.
     """
     from tqdm.auto import tqdm
 
     check_int("batch_size", batch_size)
     check_int("num_workers", num_workers, minimum=0)
     decoders = {} if decoders is None else decoders
-    untrusted: dict[int, str] = {}  # slide -> why its streams are decoded on the CPU ("" none)
+    distrusted = None  # stream kind -> why the device does not decode it (decode=cpu: None)
     if jpeg_device is not None:
-        from rl_benchmarks.slides.jpeg_tiles import (
-            CompressedBatch,
-            check_batch_decoder,
-            decode_batch,
-        )
+        from rl_benchmarks.slides.jpeg_tiles import CompressedBatch, decode_batch, probe_decoder
+
+        distrusted = probe_decoder(jpeg_device)
+        on_device = SlideDecoder(device=str(torch.device(jpeg_device)))
     batches = [
         (s, start, min(start + batch_size, len(coords)))
         for s, (_, coords) in enumerate(jobs)
@@ -488,7 +510,7 @@ def extract_from_coords(
         if len(coords) == 0:
             finish(s, np.zeros((0, 3 + extractor.feature_dim), np.float32))
     loader = DataLoader(
-        _TileBatches(jobs, batches, tile_size, reader, jpeg=jpeg_device is not None),
+        _TileBatches(jobs, batches, tile_size, reader, jpeg=distrusted),
         batch_size=1,
         sampler=_InOrder(len(batches)),
         num_workers=num_workers,
@@ -509,18 +531,15 @@ def extract_from_coords(
             continue
         if jpeg_device is not None:
             if isinstance(tiles, CompressedBatch):
-                if s not in untrusted:  # first batch: does the device decode like the CPU?
-                    untrusted[s] = check_batch_decoder(tiles, jpeg_device)
-                    decoders[s] = (f"cpu: {untrusted[s]}" if untrusted[s]
-                                   else f"device (decode_jpeg on {torch.device(jpeg_device)})")
+                decoders.setdefault(s, on_device)
                 try:
-                    tiles = decode_batch(tiles, "cpu" if untrusted[s] else jpeg_device)
+                    tiles = decode_batch(tiles, jpeg_device)
                 except Exception as exc:  # a stream the decoder refuses fails its slide only
                     parts.pop(s, None)
                     finish(s, f"decoding JPEG tiles on {jpeg_device}: {_describe(exc)}")
                     continue
             else:
-                decoders.setdefault(s, f"cpu: {why}")
+                decoders.setdefault(s, SlideDecoder(fallback=why))
         meta = jobs[s][1][start:start + len(tiles)].astype(np.float32)
         parts[s].append(np.concatenate([meta, features_of_uint8(extractor, tiles, stain)], axis=1))
         remaining[s] -= 1
@@ -804,7 +823,7 @@ def _run_plan(slides, out_root, extractor, settings, run_record, dist, plan, new
     shard = shard_by_cost([len(selected[i]) for i in order], dist.world_size)[dist.rank]
     mine = [order[j] for j in shard]
     jpeg_device = resolve_decode(settings.decode, getattr(extractor, "device", "cpu"))
-    decoders: dict[int, str] = {}  # local slide index -> decoder (filled while extracting)
+    decoders: dict[int, SlideDecoder] = {}  # local slide index -> decoder (filled while extracting)
 
     # 3. Extract and write each slide as soon as it is complete.
     def write(local: int, result: np.ndarray | str) -> None:
@@ -833,11 +852,9 @@ def _run_plan(slides, out_root, extractor, settings, run_record, dist, plan, new
             "decode": settings.decode,
             "decoder": "cpu",
         }
-        how = decoders.get(local, "cpu: no tile")
+        how = decoders.get(local, SlideDecoder(fallback="no tile"))
         if jpeg_device is not None:
-            record["decoder"] = "cpu" if how.startswith("cpu") else how
-            if how.startswith("cpu: "):
-                record["decoder_fallback"] = how[5:]
+            record.update(how.record())
         io.write_json(out_dir / RECORD_NAME, record)
         if settings.output_format in ("h5", "both"):
             try:

@@ -25,8 +25,10 @@ grey levels; the GPU test bounds it.
 Aperio SVS stores some JPEG tiles as RGB (TIFF Photometric RGB) without a marker saying so;
 libjpeg would take them for YCbCr. Each such stream gets an Adobe APP14 marker with
 transform 0 (components are RGB), as libtiff's raw colour mode decodes them. Whatever the
-device decoder does with it, :func:`check_batch_decoder` compares its output on a slide's
-first stream with libjpeg-turbo's, and the caller decodes on the CPU when they disagree.
+device decoder does with it, :func:`probe_decoder` compares its output with libjpeg-turbo's
+on one stream of each kind (:class:`StreamKind`: RGB or YCbCr, baseline or progressive),
+made as a slide's are, before any slide is read; slides stored as a kind the device
+disagrees on are read by the CPU reader (``JpegTiles(..., distrusted=...)``).
 
 Supported (:meth:`JpegTiles.unsupported` says why not, and the caller falls back to the CPU
 reader for the slide): a slide opened by OpenSlide as ``aperio`` or ``generic-tiff``, whose
@@ -41,27 +43,48 @@ tile) is read on the CPU by TileReader inside the batch.
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from tifffile import COMPRESSION, PHOTOMETRIC
 
-JPEG = 7
-PHOTOMETRIC_RGB, PHOTOMETRIC_YCBCR = 2, 6
 SUPPORTED_VENDORS = ("aperio", "generic-tiff")
+SOI = b"\xff\xd8"
 ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
 """APP14 "Adobe" marker with transform 0: libjpeg reads 3 components as RGB (whether nvJPEG
-does is unverified; :func:`check_batch_decoder` catches a decoder that does not)."""
-_COMPRESSION_NAMES = {1: "uncompressed", 5: "LZW", 8: "deflate", 32946: "deflate",
-                      33003: "JPEG 2000 (Aperio YCbCr)", 33005: "JPEG 2000 (Aperio RGB)",
-                      34712: "JPEG 2000", 50001: "WebP", 50000: "Zstd", 34887: "LERC"}
+does is unverified; :func:`probe_decoder` catches a decoder that does not)."""
+_READABLE_COMPRESSION = {
+    COMPRESSION.NONE: "uncompressed", COMPRESSION.ADOBE_DEFLATE: "deflate",
+    COMPRESSION.DEFLATE: "deflate", COMPRESSION.APERIO_JP2000_YCBC: "JPEG 2000 (Aperio YCbCr)",
+    COMPRESSION.APERIO_JP2000_RGB: "JPEG 2000 (Aperio RGB)", COMPRESSION.JPEG2000: "JPEG 2000",
+    COMPRESSION.WEBP: "WebP", COMPRESSION.ZSTD: "Zstd"}
+"""Names people use where tifffile's enum name is not one (else the enum's name, e.g. LZW)."""
 _PRECISION_BITS = 22  # PIL's Resample.c: 32 - 8 - 2
 DECODER_MAX_MEAN_ABS = 2.0
 """A device decoder whose pixels differ from libjpeg-turbo's by more than this (mean absolute
-difference on a slide's first TIFF tile) is not used for the slide."""
+difference on the probe stream of a :class:`StreamKind`) is not used for that kind."""
+
+
+class StreamKind(NamedTuple):
+    """What a device decoder is probed on: the page's colours (TIFF Photometric RGB, with the
+    Adobe RGB marker, or YCbCr) and its JPEG frame type (progressive or baseline)."""
+
+    rgb: bool
+    progressive: bool
+
+    def __str__(self) -> str:
+        return (f"{'RGB' if self.rgb else 'YCbCr'} "
+                f"{'progressive' if self.progressive else 'baseline'} JPEG")
+
+
+STREAM_KINDS = tuple(StreamKind(rgb, prog) for rgb in (False, True) for prog in (False, True))
 
 
 @dataclass(frozen=True)
@@ -77,11 +100,17 @@ class PageTiles:
     counts: np.ndarray
     tables: bytes  # the page's JPEGTables (b"" when none)
     rgb: bool  # Photometric RGB: streams get the Adobe RGB marker
+    progressive: bool = False  # JPEG frame type SOF2
 
     @property
     def across(self) -> int:
         """TIFF tiles per row."""
         return -(-self.width // self.tile_w)
+
+    @property
+    def kind(self) -> StreamKind:
+        """The kind of its streams, as the device decoder is probed on."""
+        return StreamKind(self.rgb, self.progressive)
 
 
 @dataclass(frozen=True)
@@ -98,8 +127,12 @@ class Region:
 
 
 def compression_name(code: int) -> str:
-    """A TIFF compression code as people call it."""
-    return _COMPRESSION_NAMES.get(int(code), f"TIFF compression {int(code)}")
+    """A TIFF compression code as people call it (tifffile's name for the rare ones)."""
+    try:
+        member = COMPRESSION(int(code))
+    except ValueError:
+        return f"TIFF compression {int(code)}"
+    return _READABLE_COMPRESSION.get(member, member.name)
 
 
 def thumbnail_size(w: int, h: int, zw: int, zh: int) -> tuple[int, int]:
@@ -225,54 +258,164 @@ def _sof_type(data: bytes) -> int | None:
     return None
 
 
+def full_stream(data: bytes, tables: bytes = b"", rgb: bool = False) -> bytes:
+    """A TIFF JPEG tile as a complete stream: the page's JPEGTables (``tables``) merged in,
+    and for Photometric RGB (``rgb``) the Adobe RGB marker. A ValueError says (as a phrase
+    to follow the tile's name) why a tile cannot be one."""
+    if data[:2] != SOI:
+        raise ValueError("is not a JPEG stream")
+    if tables:
+        data = tables[:-2] + data[2:]
+    if rgb:
+        if data[2:4] == b"\xff\xe0":  # a JFIF marker would make libjpeg assume YCbCr
+            raise ValueError("is RGB but carries a JFIF marker")
+        data = SOI + ADOBE_RGB + data[2:]
+    return data
+
+
+def _as_aperio_rgb(data: bytes) -> bytes:
+    """libjpeg's RGB stream (Adobe marker, components named R, G, B, which tell a decoder
+    they are RGB) as Aperio stores one: no APPn segment, components numbered 0, 1, 2."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF and 0xE0 <= data[i + 1] <= 0xEF:
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    out = bytearray(SOI + data[i:])
+    new_id: dict[int, int] = {}
+    i = 2
+    while i + 4 <= len(out) and out[i] == 0xFF and out[i + 1] != 0xD9:
+        marker, length = out[i + 1], int.from_bytes(out[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
+            for c in range(out[i + 9]):
+                new_id[out[i + 10 + 3 * c]] = c
+                out[i + 10 + 3 * c] = c
+        elif marker == 0xDA:  # SOS: its components, then entropy-coded data up to a marker
+            for c in range(out[i + 4]):
+                out[i + 5 + 2 * c] = new_id[out[i + 5 + 2 * c]]
+            j = i + 2 + length
+            while j + 1 < len(out) and not (out[j] == 0xFF and out[j + 1] != 0
+                                            and not 0xD0 <= out[j + 1] <= 0xD7):
+                j += 1
+            i = j
+            continue
+        i += 2 + length
+    return bytes(out)
+
+
+@functools.cache
+def probe_stream(kind: StreamKind) -> bytes:
+    """A 256-px H&E-like tile (pink stroma, purple nuclei, mild noise) as a stream of ``kind``,
+    made as :meth:`JpegTiles.stream` makes a slide's: YCbCr 4:2:0 with its JFIF marker, or
+    RGB 4:4:4 as Aperio stores them (no marker, components 0, 1, 2) given the Adobe RGB
+    marker."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:256, 0:256].astype(np.float64)
+    img = np.empty((256, 256, 3))
+    img[:] = (232, 160, 196)
+    for cy, cx, r in ((60, 70, 18), (150, 190, 24), (200, 60, 14), (110, 130, 10)):
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2.0 * r * r))[..., None]
+        img = img * (1 - blob) + np.array([96.0, 56.0, 150.0]) * blob
+    img += np.random.default_rng(0).normal(0, 3, img.shape)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+        buf, "JPEG", quality=90, subsampling=0 if kind.rgb else 2, keep_rgb=kind.rgb,
+        progressive=kind.progressive)
+    data = buf.getvalue()
+    return full_stream(_as_aperio_rgb(data), rgb=True) if kind.rgb else data
+
+
+def check_decoder(stream: bytes, device: torch.device | str,
+                  max_mean_abs: float = DECODER_MAX_MEAN_ABS) -> str:
+    """Why ``device``'s decoder cannot be trusted with ``stream`` ("" when it can): decoded
+    there and by libjpeg-turbo on the CPU, it must agree (mean absolute difference at most
+    ``max_mean_abs``). Catches a decoder that ignores the Adobe RGB marker, or refuses it."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = torch.frombuffer(bytearray(stream), dtype=torch.uint8)
+    try:
+        ref = decode_jpeg(data, mode=ImageReadMode.RGB).int()
+        got = decode_jpeg([data], mode=ImageReadMode.RGB, device=device)[0].cpu().int()
+    except Exception as exc:  # any decoder failure means: decode on the CPU
+        return f"decode_jpeg on {device} failed: {type(exc).__name__}: {exc}".splitlines()[0]
+    if got.shape != ref.shape:
+        return f"decode_jpeg on {device} gave shape {tuple(got.shape)}, the CPU {tuple(ref.shape)}"
+    mean = float((got - ref).abs().float().mean())
+    if mean > max_mean_abs:
+        return (f"decode_jpeg on {device} differs from the CPU by {mean:.1f} grey levels on "
+                f"average")
+    return ""
+
+
+def probe_decoder(device: torch.device | str,
+                  max_mean_abs: float = DECODER_MAX_MEAN_ABS) -> dict[StreamKind, str]:
+    """The kinds of stream ``device``'s decoder cannot be trusted with, and why: each kind's
+    :func:`probe_stream` through :func:`check_decoder` (run once, before any slide is read;
+    the result goes to :class:`JpegTiles` as ``distrusted``)."""
+    out = {}
+    for kind in STREAM_KINDS:
+        why = check_decoder(probe_stream(kind), device, max_mean_abs)
+        if why:
+            out[kind] = f"{kind}: {why}"
+    return out
+
+
 class JpegTiles:
     """The compressed JPEG tiles behind one slide's DeepZoom tiles (``tile_size``, overlap 0).
 
-    Handles (OpenSlide, tifffile, the raw file) open on first use in each process and are not
-    pickled, as :class:`~rl_benchmarks.slides.reader.TileReader`'s."""
+    The slide is opened once per process, by its :class:`~rl_benchmarks.slides.reader.TileReader`
+    (``cpu``, which also reads the tiles that cannot be decoded from their streams); the TIFF
+    (tifffile and a raw file descriptor) only when OpenSlide's backend and vendor are
+    supported. Handles open on first use in each process and are not pickled.
+    ``distrusted``: kinds of stream the decoding device is not trusted with
+    (:func:`probe_decoder`) and why; levels stored so are unsupported, with that reason."""
 
     def __init__(self, slide_path: str | os.PathLike, tile_size: int = 224,
-                 reader: str | None = "auto"):
+                 reader: str | None = "auto",
+                 distrusted: Mapping[StreamKind, str] | None = None):
         from rl_benchmarks.slides.reader import TileReader
 
         self.slide_path = Path(slide_path)
         self.tile_size = int(tile_size)
         self.reader = reader
+        self.distrusted = dict(distrusted or {})
         self.cpu = TileReader(slide_path, tile_size, reader=reader)
         self._pid: int | None = None
         self._tif = None
         self._fd: int | None = None
-        self._backend = ""
+        self._tiff_tried = False
         self._pages: dict[int, PageTiles | str] = {}
         self._why: dict[int, str] = {}  # DeepZoom level -> unsupported() (cached)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.update(_pid=None, _tif=None, _fd=None, _pages={}, _why={})
+        state.update(_pid=None, _tif=None, _fd=None, _tiff_tried=False, _pages={}, _why={})
         return state
 
-    def _open(self) -> None:
-        import tifffile
-
-        from rl_benchmarks.slides.backends import open_handle
-
-        opened = open_handle(self.slide_path, self.reader)
-        self._backend = opened.backend
-        opened.handle.close()  # type: ignore[attr-defined]  # TileReader keeps its own
-        self._pages = {}
-        self._why = {}
-        self._tif = None
-        self._fd = None
-        try:
-            self._tif = tifffile.TiffFile(opened.source)
-            self._fd = os.open(opened.source, os.O_RDONLY)
-        except Exception:  # not a TIFF tifffile reads: unsupported() says so
-            self._tif = None
-        self._pid = os.getpid()
-
     def _ensure(self) -> None:
+        """Forget another process's handles and caches (opened again on first use here)."""
         if self._pid != os.getpid():
-            self._open()
+            self._pages = {}
+            self._why = {}
+            self._tif = None
+            self._fd = None
+            self._tiff_tried = False
+            self._pid = os.getpid()
+
+    def _tiff(self):
+        """The slide's ``TiffFile`` (opened on first call), None when tifffile cannot read it."""
+        if not self._tiff_tried:
+            import tifffile
+
+            self._tiff_tried = True
+            source = self.cpu.source
+            try:
+                self._tif = tifffile.TiffFile(source)
+                self._fd = os.open(source, os.O_RDONLY)
+            except Exception:  # not a TIFF tifffile reads: unsupported() says so
+                if self._tif is not None:
+                    self._tif.close()
+                self._tif = self._fd = None
+        return self._tif
 
     def _page(self, slide_level: int) -> PageTiles | str:
         """The page of ``slide_level``, or why it cannot be used."""
@@ -289,9 +432,9 @@ class JpegTiles:
             return why
         page = found[0]
         why = ""
-        if page.compression != JPEG:
+        if page.compression != COMPRESSION.JPEG:
             why = f"slide level {slide_level} is {compression_name(page.compression)}, not JPEG"
-        elif page.photometric not in (PHOTOMETRIC_RGB, PHOTOMETRIC_YCBCR):
+        elif page.photometric not in (PHOTOMETRIC.RGB, PHOTOMETRIC.YCBCR):
             why = f"slide level {slide_level}: JPEG with TIFF photometric {int(page.photometric)}"
         elif (page.samplesperpixel != 3 or page.bitspersample != 8 or page.planarconfig != 1
               or getattr(page, "imagedepth", 1) != 1):
@@ -302,6 +445,7 @@ class JpegTiles:
         if not why and (counts == 0).any():
             why = f"slide level {slide_level} has {(counts == 0).sum()} empty TIFF tiles"
         tables = bytes(page.jpegtables or b"")
+        sof = None
         if not why:
             first = self._raw(int(page.dataoffsets[0]), int(counts[0]))
             sof = _sof_type(first)
@@ -314,7 +458,7 @@ class JpegTiles:
             return why
         tiles = PageTiles(page.index, w, h, int(page.tilewidth), int(page.tilelength),
                           np.asarray(page.dataoffsets, np.int64), counts, tables,
-                          page.photometric == PHOTOMETRIC_RGB)
+                          page.photometric == PHOTOMETRIC.RGB, sof == 0xC2)
         self._pages[slide_level] = tiles
         return tiles
 
@@ -326,13 +470,13 @@ class JpegTiles:
         return self._why[level]
 
     def _unsupported(self, level: int) -> str:
-        if self._backend != "openslide":
-            return f"read by {self._backend}, not OpenSlide"
-        dz = self.cpu.deepzoom
+        dz = self.cpu.deepzoom  # opens the slide (once in this process)
+        if self.cpu.backend != "openslide":
+            return f"read by {self.cpu.backend}, not OpenSlide"
         vendor = dz._osr.properties.get("openslide.vendor", "")
         if vendor not in SUPPORTED_VENDORS:
             return f"OpenSlide format {vendor or 'unknown'!r} (only {', '.join(SUPPORTED_VENDORS)})"
-        if self._tif is None:
+        if self._tiff() is None:
             return "not a TIFF file tifffile reads"
         if not 0 <= level < dz.level_count:
             return f"DeepZoom level {level} out of range"
@@ -346,7 +490,7 @@ class JpegTiles:
             return (f"DeepZoom level {level} is {ratio:.6g}x slide level {slide_level} "
                     f"(need 1x, 2x or 3x)")
         page = self._page(slide_level)
-        return page if isinstance(page, str) else ""
+        return page if isinstance(page, str) else self.distrusted.get(page.kind, "")
 
     def region(self, level: int, col: int, row: int) -> Region | None:
         """The region of tile ``(level, col, row)`` on its page; None when this tile cannot be
@@ -382,16 +526,11 @@ class JpegTiles:
         marker for Photometric RGB)."""
         self._ensure()
         data = self._raw(int(page.offsets[index]), int(page.counts[index]))
-        if data[:2] != b"\xff\xd8":
-            raise ValueError(f"{self.slide_path}: TIFF tile {index} of page {page.index} is not "
-                             f"a JPEG stream")
-        if page.tables:
-            data = page.tables[:-2] + data[2:]
-        if page.rgb:
-            if data[2:4] == b"\xff\xe0":  # a JFIF marker would make libjpeg assume YCbCr
-                raise ValueError(f"{self.slide_path}: RGB JPEG tile {index} carries a JFIF marker")
-            data = b"\xff\xd8" + ADOBE_RGB + data[2:]
-        return data
+        try:
+            return full_stream(data, page.tables, page.rgb)
+        except ValueError as exc:
+            raise ValueError(f"{self.slide_path}: TIFF tile {index} of page {page.index} "
+                             f"{exc}") from None
 
     def close(self) -> None:
         if self._pid == os.getpid():
@@ -400,6 +539,7 @@ class JpegTiles:
             if self._fd is not None:
                 os.close(self._fd)
         self._tif = self._fd = None
+        self._tiff_tried = False
         self._pid = None
         self._pages = {}
         self._why = {}
@@ -485,57 +625,37 @@ def read_compressed(source: JpegTiles, coords: np.ndarray) -> CompressedBatch:
     for j, i in enumerate(cpu_rows):
         lvl, col, row = (int(v) for v in coords[i])
         pixels[j] = source.cpu.read(lvl, col, row)
-    sizes = np.array([0] + [len(c) for c in chunks], np.int64)
-    data = np.frombuffer(b"".join(chunks), np.uint8) if chunks else np.zeros(0, np.uint8)
+    bounds = np.cumsum([0] + [len(c) for c in chunks], dtype=np.int64)
+    data = np.empty(int(bounds[-1]), np.uint8)
+    for chunk, at in zip(chunks, bounds[:-1]):  # each stream copied once, into the batch
+        data[at:at + len(chunk)] = np.frombuffer(chunk, np.uint8)
     return CompressedBatch(
-        data=torch.from_numpy(data.copy()), bounds=torch.from_numpy(np.cumsum(sizes)),
+        data=torch.from_numpy(data), bounds=torch.from_numpy(bounds),
         tile_hw=tile_hw, regions=torch.from_numpy(regions), lookup=torch.from_numpy(lookup),
         pixels=torch.from_numpy(pixels), pixel_rows=torch.as_tensor(cpu_rows, dtype=torch.int64),
         tile_size=t)
 
 
-def check_batch_decoder(batch: CompressedBatch, device: torch.device | str,
-                        max_mean_abs: float = DECODER_MAX_MEAN_ABS) -> str:
-    """Why ``device``'s decoder cannot be trusted with this batch's streams ("" when it can):
-    its first stream decoded there and by libjpeg-turbo on the CPU must agree (mean absolute
-    difference at most ``max_mean_abs``). Guards against a decoder that ignores the Adobe RGB
-    marker, or refuses the streams."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    if len(batch.bounds) < 2:
-        return ""
-    data = batch.data[int(batch.bounds[0]):int(batch.bounds[1])]
-    try:
-        ref = decode_jpeg(data, mode=ImageReadMode.RGB).int()
-        got = decode_jpeg([data], mode=ImageReadMode.RGB, device=device)[0].cpu().int()
-    except Exception as exc:  # any decoder failure means: decode on the CPU
-        return f"decode_jpeg on {device} failed: {type(exc).__name__}: {exc}".splitlines()[0]
-    if got.shape != ref.shape:
-        return f"decode_jpeg on {device} gave shape {tuple(got.shape)}, the CPU {tuple(ref.shape)}"
-    mean = float((got - ref).abs().float().mean())
-    if mean > max_mean_abs:
-        return (f"decode_jpeg on {device} differs from the CPU by {mean:.1f} grey levels on "
-                f"average")
-    return ""
-
-
 def decode_streams(batch: CompressedBatch, device: torch.device | str) -> torch.Tensor:
-    """All streams of ``batch`` decoded with one ``decode_jpeg`` call: uint8 (N, th, tw, 3)."""
+    """All streams of ``batch`` decoded with one ``decode_jpeg`` call into one buffer:
+    uint8 (N * th * tw + 1, 3), every stream's pixels row by row, then one zero row (the pixel
+    :func:`decode_batch` gives to places no stream covers)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     device = torch.device(device)
+    th, tw = batch.tile_hw
     bounds = batch.bounds.tolist()
     parts = [batch.data[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    flat = torch.empty((len(parts) * th * tw + 1, 3), dtype=torch.uint8, device=device)
+    flat[-1] = 0
     if not parts:
-        return torch.zeros((0, *batch.tile_hw, 3), dtype=torch.uint8, device=device)
+        return flat
     images = decode_jpeg(parts, mode=ImageReadMode.RGB, device=device)
-    th, tw = batch.tile_hw
     for k, img in enumerate(images):
         if tuple(img.shape) != (3, th, tw):
             raise ValueError(f"JPEG tile {k} decoded to {tuple(img.shape)}, expected (3, {th}, {tw})")
-    if device.type == "cpu":  # one memcpy per tile, without a parallel region per tile
-        return torch.from_numpy(np.stack([img.permute(1, 2, 0).numpy() for img in images]))
-    return torch.stack([img.permute(1, 2, 0) for img in images])
+    torch.stack([img.permute(1, 2, 0) for img in images], out=flat[:-1].view(-1, th, tw, 3))
+    return flat
 
 
 def decode_batch(batch: CompressedBatch, device: torch.device | str,
@@ -546,11 +666,9 @@ def decode_batch(batch: CompressedBatch, device: torch.device | str,
     t = batch.tile_size
     n = len(batch)
     out = torch.zeros((n, t, t, 3), dtype=torch.uint8, device=device)
-    decoded = decode_streams(batch, device)
-    if len(decoded):
+    if batch.streams_read:
         th, tw = batch.tile_hw
-        flat = torch.cat([decoded.reshape(-1, 3),
-                          torch.zeros((1, 3), dtype=torch.uint8, device=device)])
+        flat = decode_streams(batch, device)
         zero = flat.shape[0] - 1
         regions = batch.regions.to(device)
         lookup = batch.lookup.to(device)

@@ -42,10 +42,12 @@ class TileReader:
         self._pid: int | None = None
         self._slide = None
         self._dz = None
+        self._backend = ""
+        self._source: Path | None = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.update(_pid=None, _slide=None, _dz=None)
+        state.update(_pid=None, _slide=None, _dz=None, _backend="", _source=None)
         return state
 
     def _open(self) -> None:
@@ -53,7 +55,8 @@ class TileReader:
 
         from rl_benchmarks.slides.backends import open_handle
 
-        self._slide = open_handle(self.slide_path, self.reader).handle
+        opened = open_handle(self.slide_path, self.reader)
+        self._slide, self._backend, self._source = opened.handle, opened.backend, opened.source
         self._dz = DeepZoomGenerator(self._slide, tile_size=self.tile_size, overlap=0)
         self._pid = os.getpid()
 
@@ -63,6 +66,19 @@ class TileReader:
         if self._pid != os.getpid():
             self._open()
         return self._dz
+
+    @property
+    def backend(self) -> str:
+        """The backend that opened the slide (``openslide``, ``tiffslide``, ...)."""
+        self.deepzoom  # noqa: B018 - opens the slide in this process if needed
+        return self._backend
+
+    @property
+    def source(self) -> Path:
+        """The file the backend opened (a DICOM series' instance, else ``slide_path``)."""
+        self.deepzoom  # noqa: B018 - opens the slide in this process if needed
+        assert self._source is not None
+        return self._source
 
     def read(self, level: int, col: int, row: int) -> np.ndarray:
         """Tile ``(level, col, row)`` as uint8 (H, W, 3), zero-padded to tile_size if ``pad``."""
@@ -95,7 +111,8 @@ class TileReader:
     def close(self) -> None:
         if self._slide is not None and self._pid == os.getpid():
             self._slide.close()
-        self._slide = self._dz = None
+        self._slide = self._dz = self._source = None
+        self._backend = ""
         self._pid = None
 
 

@@ -101,6 +101,14 @@ BAD = [
     (["export-hf", "atol=-1"], "rlbench export-hf: error: atol must be a number >= 0, got -1"),
     (["report", "draw_figures=maybe"],
      "rlbench report: error: draw_figures must be true or false, got 'maybe'"),
+    (["extract-slides", "decode=nvjpeg"],
+     "rlbench extract-slides: error: decode must be one of cpu, gpu, auto, got 'nvjpeg'"),
+    (["extract-slides", "inference_path=turbo"],
+     "rlbench extract-slides: error: inference_path must be one of auto, fast, plain, "
+     "got 'turbo'"),
+    (["extract-tiles", "inference_path=FAST"],
+     "rlbench extract-tiles: error: inference_path must be one of auto, fast, plain, "
+     "got 'FAST'"),
 ]
 
 
@@ -150,6 +158,9 @@ GOOD = [
     ("extract-slides", ["device=null", "n_tiles=5", "target_mpp=1", "float16=true"]),
     ("extract-slides", ["device=auto", "tile_size=224"]), ("extract-slides", ["device=cuda:1"]),
     ("extract-tiles", ["device=-1", "chunk_size=1"]),
+    ("extract-slides", ["decode=gpu", "inference_path=plain"]),
+    ("extract-slides", ["decode=auto", "inference_path=fast"]),
+    ("extract-tiles", ["inference_path=auto"]),
     ("finetune", ["augment=false", "learning_rate=1", "precision=auto", "device=cpu"]),
     ("finetune", ["max_steps_per_epoch=3", "max_steps_per_epoch=null"]),
     ("linear-eval", ["num_workers=-1", "portions=[1.0]"]),
@@ -235,6 +246,20 @@ def test_device_rule_follows_parse_device(value):
         assert understood
     else:
         assert not understood or fell_back
+
+
+def test_choice_rules_follow_the_code_they_guard():
+    """decode and inference_path accept exactly what the extraction code accepts."""
+    from rl_benchmarks.extraction.slides import DECODES
+    from rl_benchmarks.models.feature_extractors.fast_inference import MODES
+
+    for command, key, allowed in (("extract-slides", "decode", DECODES),
+                                  ("extract-slides", "inference_path", MODES),
+                                  ("extract-tiles", "inference_path", MODES)):
+        rule = rule_for(command, key)
+        assert rule is not None and rule.what == "one of " + ", ".join(allowed)
+        assert all(rule.ok(v) for v in allowed)
+        assert not any(rule.ok(v) for v in ("", "GPU", "turbo", None, 1))
 
 
 def test_rule_lookup_prefers_command_specific_rules():

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
+from testlib.encoders import write_colour_tiles
 
 from rl_benchmarks.evaluation import finetune as ft
 
@@ -25,17 +24,7 @@ def _tiny_hf_folder(path):
     return path
 
 
-def _tiles(root, n_per_class=6):
-    rng = np.random.default_rng(0)
-    rows = []
-    for k, colour in enumerate([(230, 150, 190), (110, 60, 150), (245, 245, 240)]):
-        (root / f"c{k}").mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            img = np.clip(np.array(colour) + rng.normal(0, 12, (40, 40, 3)), 0, 255)
-            path = root / f"c{k}" / f"{i}.png"
-            Image.fromarray(img.astype(np.uint8)).save(path)
-            rows.append({"image_path": str(path), "label": f"c{k}"})
-    return pd.DataFrame(rows)
+CLASSES = ("c0", "c1", "c2")
 
 
 def test_check_image_size_names_the_key_and_the_allowed_value():
@@ -61,7 +50,8 @@ def test_cli_image_size_mismatch_is_one_line_and_writes_nothing(tmp_path, capsys
     from rl_benchmarks.cli.main import main as rlbench
 
     hf = _tiny_hf_folder(tmp_path / "hf")
-    _tiles(tmp_path / "tiles").to_csv(tmp_path / "tiles.csv", index=False)
+    frame = write_colour_tiles(tmp_path / "tiles", n_per_class=6, names=CLASSES)
+    frame.to_csv(tmp_path / "tiles.csv", index=False)
     out = tmp_path / "out"
     code = rlbench(["finetune", f"data={tmp_path / 'tiles.csv'}", f"weights_path={hf}",
                     "image_size=64", "num_epochs=1", "batch_size=4", "num_workers=0",
@@ -79,7 +69,7 @@ def test_docs_load_adapter_snippet_reloads_the_run(tmp_path, capsys):
     from rl_benchmarks.cli.main import main as rlbench
 
     hf = _tiny_hf_folder(tmp_path / "hf")
-    frame = _tiles(tmp_path / "tiles")
+    frame = write_colour_tiles(tmp_path / "tiles", n_per_class=6, names=CLASSES)
     frame.to_csv(tmp_path / "tiles.csv", index=False)
     out = tmp_path / "ft_lora"
     assert rlbench(["finetune", f"data={tmp_path / 'tiles.csv'}", f"weights_path={hf}",
@@ -101,4 +91,4 @@ def test_docs_load_adapter_snippet_reloads_the_run(tmp_path, capsys):
     with torch.no_grad():
         expected = merged(pixel_values=x).last_hidden_state[:, 0] @ head["weight"].T + head["bias"]
         torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
-    assert classes == ["c0", "c1", "c2"]
+    assert classes == list(CLASSES)

@@ -89,5 +89,8 @@ def test_inference_path_key_reaches_the_extractor(slide_dir, tiny, tmp_path):
     assert '"inference_path": "plain"' in json.dumps(paths["plain"])
     assert '"inference_path": "fast"' in json.dumps(paths["auto"])
     np.testing.assert_allclose(feats["auto"], feats["plain"], atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="inference_path='turbo'"):
+    # a bad value is refused with the configuration, before any extractor or output
+    with pytest.raises(ValueError, match="^inference_path must be one of auto, fast, plain, "
+                                         "got 'turbo'$"):
         _extract(slide_dir, tmp_path / "bad", tiny, "inference_path=turbo")
+    assert not (tmp_path / "bad").exists()

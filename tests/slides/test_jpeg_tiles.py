@@ -19,9 +19,14 @@ from testlib.jpeg_pyramid import pyramid_image, write_pyramid
 
 from rl_benchmarks.slides.jpeg_tiles import (
     ADOBE_RGB,
+    STREAM_KINDS,
     JpegTiles,
+    StreamKind,
+    check_decoder,
     decode_batch,
     lanczos_weights,
+    probe_decoder,
+    probe_stream,
     read_compressed,
     resize_like_pil,
     thumbnail_size,
@@ -190,25 +195,101 @@ def test_generated_pyramid_non_integer_downsample_is_unsupported(tmp_path):
         np.testing.assert_array_equal(got, ref)
 
 
-@pytest.mark.real_data
-def test_check_decoder_catches_a_decoder_that_ignores_the_rgb_marker(real_data, monkeypatch):
-    """A device decoder that took Aperio's RGB tiles for YCbCr (as libjpeg does without the
-    Adobe marker) is caught on the slide's first batch, whose streams then go to the CPU."""
+def _ignore_rgb_marker(monkeypatch) -> None:
+    """A "device" decoder (any list call of decode_jpeg) that drops the Adobe RGB marker, as a
+    decoder that took Aperio's RGB tiles for YCbCr would."""
     import torchvision.io
 
-    from rl_benchmarks.slides.jpeg_tiles import check_batch_decoder
-
-    path = real_data / "slides" / "svs" / "CMU-1-Small-Region.svs"
-    batch = read_compressed(JpegTiles(path, 224), level_coords(path, 12, 224)[:4])
-    assert check_batch_decoder(batch, "cpu") == ""
     real = torchvision.io.decode_jpeg
 
     def ignores_marker(data, *args, device="cpu", **kwargs):
-        if isinstance(data, list):  # the "device" call: drop the Adobe marker
+        if isinstance(data, list):
             data = [torch.frombuffer(bytearray(b"\xff\xd8" + bytes(d[2 + len(ADOBE_RGB):].numpy())),
-                                     dtype=torch.uint8) for d in data]
+                                     dtype=torch.uint8)
+                    if bytes(d[2:2 + len(ADOBE_RGB)].numpy()) == ADOBE_RGB else d for d in data]
         return real(data, *args, device=device, **kwargs)
 
     monkeypatch.setattr(torchvision.io, "decode_jpeg", ignores_marker)
-    why = check_batch_decoder(batch, "cpu")
+
+
+@pytest.mark.real_data
+def test_check_decoder_catches_a_decoder_that_ignores_the_rgb_marker(real_data, monkeypatch):
+    """A device decoder that took Aperio's RGB tiles for YCbCr (as libjpeg does without the
+    Adobe marker) is caught on a real slide's stream and on the probe's RGB streams alike."""
+    path = real_data / "slides" / "svs" / "CMU-1-Small-Region.svs"
+    source = JpegTiles(path, 224)
+    assert source.unsupported(12) == ""
+    page = source._page(0)
+    assert page.kind == StreamKind(rgb=True, progressive=False)
+    stream = source.stream(page, 0)
+    source.close()
+    assert check_decoder(stream, "cpu") == "" and probe_decoder("cpu") == {}
+    _ignore_rgb_marker(monkeypatch)
+    why = check_decoder(stream, "cpu")
     assert why.startswith("decode_jpeg on cpu differs from the CPU by"), why
+    assert sorted(probe_decoder("cpu")) == [StreamKind(True, False), StreamKind(True, True)]
+
+
+def test_probe_streams_are_made_as_a_slides_are(monkeypatch):
+    """The RGB probe streams are as Aperio's become (components 0, 1, 2, no marker but the
+    Adobe RGB one, which decides their colours); a decoder ignoring that marker fails the
+    probe on RGB streams only, and YCbCr streams stay trusted."""
+    from torchvision.io import decode_jpeg
+
+    for kind in STREAM_KINDS:
+        stream = probe_stream(kind)
+        decoded = decode_jpeg(torch.frombuffer(bytearray(stream), dtype=torch.uint8))
+        assert decoded.shape == (3, 256, 256) and check_decoder(stream, "cpu") == ""
+        sof = stream.find(b"\xff\xc2" if kind.progressive else b"\xff\xc0")
+        assert sof > 0 and (stream[sof + 10::3][:3] == bytes([0, 1, 2])) == kind.rgb, kind
+        if kind.rgb:
+            assert stream[2:2 + len(ADOBE_RGB)] == ADOBE_RGB
+            plain = b"\xff\xd8" + stream[2 + len(ADOBE_RGB):]
+            other = decode_jpeg(torch.frombuffer(bytearray(plain), dtype=torch.uint8))
+            assert (other.int() - decoded.int()).abs().float().mean() > 10, kind
+    _ignore_rgb_marker(monkeypatch)
+    found = probe_decoder("cpu")
+    assert sorted(found) == [StreamKind(True, False), StreamKind(True, True)]
+    assert found[StreamKind(True, False)].startswith(
+        "RGB baseline JPEG: decode_jpeg on cpu differs from the CPU by")
+
+
+def test_distrusted_kind_makes_a_level_unsupported_with_the_reason(jpeg_pyramid):
+    ycbcr = StreamKind(rgb=False, progressive=False)
+    source = JpegTiles(jpeg_pyramid, 224, distrusted={ycbcr: "the probe failed"})
+    top = source.cpu.deepzoom.level_count - 1
+    assert source.unsupported(top) == "the probe failed"
+    assert source._page(0).kind == ycbcr
+    source.close()
+    other = JpegTiles(jpeg_pyramid, 224, distrusted={StreamKind(True, False): "the probe failed"})
+    assert other.unsupported(top) == ""
+    other.close()
+
+
+def test_slide_opened_once_and_the_tiff_only_when_needed(jpeg_pyramid, monkeypatch):
+    """JpegTiles reads through its TileReader's handle (one open per process), and parses the
+    TIFF only once the backend and vendor are supported."""
+    import tifffile
+
+    import rl_benchmarks.slides.backends as backends
+
+    opened, parsed = [], []
+    real_open, real_tiff = backends.open_handle, tifffile.TiffFile
+    monkeypatch.setattr(backends, "open_handle", lambda *a, **k: opened.append(a[0]) or
+                        real_open(*a, **k))
+    coords = level_coords(jpeg_pyramid, 11, 224)[:4]  # (opens a TileReader: not counted below)
+    opened.clear()
+    monkeypatch.setattr(tifffile, "TiffFile", lambda *a, **k: parsed.append(a[0]) or
+                        real_tiff(*a, **k))
+    source = JpegTiles(jpeg_pyramid, 224, reader="openslide")  # (auto parses to find OME)
+    assert source.unsupported(11) == ""
+    read_compressed(source, coords)
+    source.cpu.read(*map(int, coords[0]))
+    assert len(opened) == 1 and parsed == [jpeg_pyramid], (opened, parsed)
+    source.close()
+    opened.clear()
+    parsed.clear()
+    forced = JpegTiles(jpeg_pyramid, 224, reader="tiffslide")
+    assert forced.unsupported(11) == "read by tiffslide, not OpenSlide"
+    assert len(opened) == 1 and forced._tif is None and not forced._tiff_tried
+    forced.close()

@@ -146,14 +146,16 @@ def kaiko_s16_checkpoint(folder: Path) -> tuple[Path, nn.Module]:
     return path, ref
 
 
-def write_colour_tiles(root: Path, n_per_class: int = 8, size: int = 40, seed: int = 0):
-    """Three colour classes (pink STR, purple TUM, white-ish ADI) with noise, written as an
-    ImageFolder tree under ``root``; returns the (image_path, label) frame."""
+def write_colour_tiles(root: Path, n_per_class: int = 8, size: int = 40, seed: int = 0,
+                       names: tuple[str, str, str] = ("STR", "TUM", "ADI")):
+    """Three colour classes (pink, purple, white-ish; named ``names``, by default STR, TUM,
+    ADI) with noise, written as an ImageFolder tree under ``root``; returns the
+    (image_path, label) frame."""
     import pandas as pd
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    colours = {"STR": (230, 150, 190), "TUM": (110, 60, 150), "ADI": (245, 245, 240)}
+    colours = dict(zip(names, [(230, 150, 190), (110, 60, 150), (245, 245, 240)], strict=True))
     rows = []
     for name, colour in colours.items():
         (root / name).mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,8 @@ from torch import nn
 PATH_PLAIN = "plain"            # the module as built, fp32
 PATH_AUTOCAST = "autocast"      # the module as built, under torch.autocast (bf16/fp16)
 PATH_FAST = "fast"              # build_fast_module copy (CPU; fp32 or bf16 weights)
+MODES = ("auto", "fast", "plain")
+"""The values of ``inference_path`` (:func:`select_path`)."""
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -307,7 +309,7 @@ def build_fast_module(network: nn.Module, precision: str = "bf16", fused: bool |
 def check_mode(mode: str) -> str:
     """``mode`` if it is an inference path mode (``auto``, ``fast``, ``plain``), else a one-line
     ``ValueError``."""
-    if mode not in ("auto", "fast", "plain"):
+    if mode not in MODES:
         raise ValueError(f"inference_path={mode!r}: use auto, fast or plain")
     return mode
 

@@ -178,16 +178,14 @@ def create_extractor(
     from rl_benchmarks.models.feature_extractors.fast_inference import check_mode
 
     mode = check_mode(inference_path)  # one line, before any weights are read
-    extractor = _create(name, weights_path, device, precision, pretrained, kwargs)
-    extractor.inference_path = mode
-    inner = getattr(extractor, "module", None)  # a ParallelExtractor's wrapped extractor
-    if isinstance(inner, Extractor):
-        inner.inference_path = mode
-    return extractor
+    extractor = _build(name, weights_path, precision, pretrained, kwargs)
+    extractor.inference_path = mode  # before placing: a ParallelExtractor copies it
+    return extractor.place(device)
 
 
-def _create(name: str, weights_path: Any, device: Any, precision: str, pretrained: bool,
-            kwargs: dict[str, Any]) -> Extractor:
+def _build(name: str, weights_path: Any, precision: str, pretrained: bool,
+           kwargs: dict[str, Any]) -> Extractor:
+    """The extractor ``name`` with its weights, not yet placed on a device."""
     canonical = resolve_name(name)
     if weights_path in ("", "null", "None"):
         weights_path = None
@@ -195,16 +193,14 @@ def _create(name: str, weights_path: Any, device: Any, precision: str, pretraine
     if canonical.startswith("timm:"):
         from rl_benchmarks.models.feature_extractors.timm_generic import make_timm_extractor
 
-        extractor = make_timm_extractor(canonical[len("timm:"):], name=canonical, **common,
-                                        **kwargs)
-        return extractor.place(device)
+        return make_timm_extractor(canonical[len("timm:"):], name=canonical, **common, **kwargs)
     if is_spec_path(canonical):  # an encoder described by a YAML file (docs/encoders.md)
         from rl_benchmarks.models.feature_extractors.encoder_build import make_encoder
         from rl_benchmarks.models.feature_extractors.encoders import spec_from_yaml
 
         enc, default_weights = spec_from_yaml(canonical)
         common["weights_path"] = weights_path or default_weights
-        return make_encoder(enc, **common, **kwargs).place(device)
+        return make_encoder(enc, **common, **kwargs)
     spec = REGISTRY[canonical]
     if pretrained and weights_path is None and canonical != "iBOTViTBasePANCAN":
         raise WeightsError(f"{canonical} is a pretrained model and needs weights_path=<local "
@@ -216,7 +212,7 @@ def _create(name: str, weights_path: Any, device: Any, precision: str, pretraine
             and extractor.feature_dim != spec.feature_dim):
         raise WeightsError(f"{weights_path}: {canonical} should give {spec.feature_dim}-d features, "
                            f"these weights give {extractor.feature_dim}-d")
-    return extractor.place(device)
+    return extractor
 
 
 def extractor_from_config(node: Any, **overrides: Any) -> Extractor:

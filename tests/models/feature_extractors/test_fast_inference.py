@@ -218,6 +218,22 @@ def test_create_extractor_takes_the_inference_path():
                          num_heads=2, img_size=32, tile_size=32, inference_path="turbo")
 
 
+def test_inference_path_is_set_before_placing(monkeypatch):
+    """create_extractor sets the path before ``place``, so the ParallelExtractor that
+    ``place`` makes for several GPUs (which copies its module's path) has it too."""
+    from rl_benchmarks.models import Extractor
+
+    seen = []
+    real_place = Extractor.place
+    monkeypatch.setattr(Extractor, "place", lambda self, device=-1: seen.append(
+        self.inference_path) or real_place(self, device))
+    create_extractor("iBOTViTBasePANCAN", pretrained=False, embed_dim=32, depth=1,
+                     num_heads=2, img_size=32, tile_size=32, inference_path="plain")
+    assert seen == ["plain"]
+    base = ModuleExtractor(_vit(), name="v", feature_dim=48, inference_path="plain")
+    assert ParallelExtractor(base, gpu=-1).inference_path == "plain"
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_fp32_auto_takes_the_fast_path_only_without_a_weight_copy(variant):
     """fp32, ``auto``: the fast path where its copy uses the module's own weight tensors (all
