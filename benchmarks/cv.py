@@ -706,10 +706,16 @@ NOTES = [
     "first member's masks are recorded and copied for the others, which saves drawing "
     "them (a quarter of the plain step's time is `bernoulli_`); on batches without padding "
     "the attention's `_safe_softmax` runs as the plain softmax (the same values, three "
-    "passes over the attention logits fewer). Its remaining non-matmul "
-    "work (dropout multiplies, softmax and its gradient on 3M-entry attention matrices, "
-    "masked attention with head size 64) keeps it well below the matmul rate in both paths: "
-    "the FLOP ceiling is not reachable by removing overheads alone.",
+    "passes over the attention logits fewer). Under bf16 the attention's two products run "
+    "in bfloat16 with the same dropout draws: with dropout the CPU runs the math attention "
+    "kernel, which computes bfloat16 inputs in float32 (about a third of the bf16 step "
+    "time went to those products at the fp32 rate; the bf16 steps are about 1.3x faster "
+    "for it). What remains is not matmul work: the Bernoulli draws of one member "
+    "per slide (on this CPU torch's default kernel draws them on one thread; 7.7M per "
+    "slide), and about ten passes over each 3M-entry attention matrix per layer "
+    "(softmax, the mask multiply and their gradients, the bf16 casts). They keep it well "
+    "below the matmul rate in both paths: the FLOP ceiling is not reachable by removing "
+    "overheads alone.",
     "* TransMIL (reference's full PPEG): 349 / 116 GFLOP per slide in the plain model, "
     "almost all of it the three PPEG convolutions over 768 channels on the 32 x 32 grid "
     "(83 taps x 768² x 1024 = 50 GMAC forward). The fast path sums the three kernels into "
@@ -721,7 +727,8 @@ NOTES = [
     "* The TransMIL rows were measured on 30 slides x 64 tiles (an 8 x 8 grid): at 1000 tiles "
     "the plain baseline alone would take hours here. At 64 tiles the PPEG convolutions are a "
     "smaller share (13.0 / 4.3 GFLOP per slide, counted) and the per-step work on its 49M "
-    "parameters (Adam, 4 members: about 9 GiB peak RSS) a larger one, so these rows' ratios "
+    "parameters (Adam, 4 members: about 9 GiB peak RSS; the fused Adam kernel updates "
+    "them in one pass) a larger one, so these rows' ratios "
     "are not the 1000-tile ratios; the arithmetic above is the 1000-tile ceiling. "
     "`benchmarks/cv_step.py` (section `cv_step`) measures TransMIL's training steps at 1024 "
     "tiles, which dominate the full protocol at that size.",
@@ -729,6 +736,14 @@ NOTES = [
     "reference's numbers): 49 / 16 GFLOP per slide, mostly the two attention blocks over "
     "1025 tokens; merging the kernels saves little there. Ceiling: the plain path's "
     "distance from the matmul rate, times the bf16 gain.",
+    "* Adam: one `torch.optim.Adam` param group per member over views of the stacked "
+    "weights, with torch's fused kernel where it has one (torch 2.4 and later on the CPU): "
+    "one pass over weights, gradients and moments instead of about ten separate tensor ops "
+    "(at TransMIL's 4 x 49M weights the separate ops took about twice the time of the 4 "
+    "plain runs' default Adam). Members run one after the other (HIPT-MIL, TransMIL) take "
+    "their weights by one `unbind` per step, so the backward stacks their gradients once "
+    "(a select per member zero-filled a full stacked gradient each); TransMIL's merged "
+    "7x7 kernel is summed in place on one copy (bit for bit the padded sum).",
     "* While the fast path trains, freed memory stays in the process (glibc mallopt, "
     "restored afterwards): without it every step page-faults its tens of MB of temporaries "
     "in anew (about 10 % of the Chowder fp32 and ABMIL bf16 step time).",

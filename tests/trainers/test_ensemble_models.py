@@ -234,3 +234,78 @@ def test_random_capture_hands_the_first_members_masks_on():
     torch.manual_seed(7)
     torch.testing.assert_close(second, model(x, m), rtol=0, atol=0)
     torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mask_kind", [None, "bool", "float"])
+def test_attention_in_float32_is_the_math_kernel_with_its_dropout_draws(mask_kind):
+    """``_attention_in`` computes what ``scaled_dot_product_attention`` with dropout computes
+    on the CPU (the math kernel), from the same random numbers: in float32 the outputs agree
+    to rounding and the generator ends in the same state; a fully masked row gives 0."""
+    import torch.nn.functional as F
+
+    from rl_benchmarks.trainers.ensemble_trainer import _attention_in
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, generator=gen) for _ in range(3))
+    mask = None
+    if mask_kind is not None:
+        keep = torch.rand(2, 3, 7, 7, generator=gen) > 0.3
+        keep[..., 0] = True
+        keep[0, 1, 2] = False  # one row with every key masked
+        mask = keep if mask_kind == "bool" else torch.zeros(keep.shape).masked_fill(
+            ~keep, float("-inf"))
+    torch.manual_seed(5)
+    ref = F.scaled_dot_product_attention(q, k, v, mask, 0.25)
+    ref_state = torch.get_rng_state()
+    torch.manual_seed(5)
+    ours = _attention_in(torch.float32, q, k, v, mask, 0.25)
+    assert torch.equal(torch.get_rng_state(), ref_state)  # the same draws
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    if mask_kind is not None:
+        assert torch.equal(ours[0, 1, 2], torch.zeros(8))
+    torch.manual_seed(5)
+    low = _attention_in(torch.bfloat16, q, k, v, mask, 0.25)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, rtol=0, atol=0.05)  # bf16 rounding only
+
+
+def test_low_precision_attention_takes_bf16_attention_with_dropout_only(monkeypatch):
+    """Within ``_low_precision_attention(bfloat16)``, nn.MultiheadAttention's attention with
+    dropout on bfloat16 inputs (autocast) runs through ``_attention_in``; without dropout
+    (eval), in float32, or without ``low`` it does not, and the swap ends with the block."""
+    import torch.nn.functional as F
+
+    import rl_benchmarks.trainers.ensemble_trainer as et
+
+    calls, attention_in = [], et._attention_in
+
+    def spy(*args, **kwargs):
+        calls.append(args[0])
+        return attention_in(*args, **kwargs)
+
+    monkeypatch.setattr(et, "_attention_in", spy)
+    original = F.scaled_dot_product_attention
+    mha = torch.nn.MultiheadAttention(16, 2, dropout=0.25, batch_first=True)
+    x = torch.randn(2, 9, 16)
+
+    def run(low, train=True, autocast=True):
+        mha.train(train)
+        torch.manual_seed(1)
+        with et._low_precision_attention(low), torch.autocast("cpu", torch.bfloat16,
+                                                              enabled=autocast):
+            out = mha(x, x, x, need_weights=False)[0]
+        assert F.scaled_dot_product_attention is original
+        return out.float()
+
+    patched = run(torch.bfloat16)
+    assert calls == [torch.bfloat16]
+    plain = run(None)  # the math kernel (float32 products)
+    run(torch.bfloat16, train=False)
+    run(torch.bfloat16, autocast=False)
+    assert calls == [torch.bfloat16]
+    # the same dropout masks: the outputs differ by bf16 rounding only
+    torch.testing.assert_close(patched, plain, rtol=0, atol=0.05)
+    assert not torch.equal(patched, plain)
+    with pytest.raises(RuntimeError), et._low_precision_attention(torch.bfloat16):
+        raise RuntimeError
+    assert F.scaled_dot_product_attention is original

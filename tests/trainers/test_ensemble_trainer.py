@@ -24,20 +24,44 @@ from rl_benchmarks.val_schemes import update_trainer_cfg
 def test_stacked_adam_equals_torch_adam():
     torch.manual_seed(0)
     w0 = torch.randn(3, 5, 4)
-    lrs, wds = torch.tensor([1e-3, 1e-2, 1e-1]), torch.tensor([0.0, 1e-4, 1e-1])
-    stacked = {"w": w0.clone()}
+    lrs, wds = [1e-3, 1e-2, 1e-1], [0.0, 1e-4, 1e-1]
+    stacked = {"w": w0.clone(), "unused": torch.zeros(3, 2)}
     opt = _StackedAdam(stacked, lrs, wds, betas=(0.9, 0.999), eps=1e-8)
     singles = [w0[i].clone().requires_grad_(True) for i in range(3)]
     opts = [torch.optim.Adam([singles[i]], lr=float(lrs[i]), weight_decay=float(wds[i]))
             for i in range(3)]
     for step in range(5):
         grads = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(step))
-        opt.step([grads])
+        if step % 2:  # strided gradients (as vmap can give) are read as such
+            grads = grads.transpose(1, 2).contiguous().transpose(1, 2)
+        opt.step([grads, None])
         for i in range(3):
             singles[i].grad = grads[i].clone()
             opts[i].step()
     for i in range(3):
         torch.testing.assert_close(stacked["w"][i], singles[i].detach(), atol=1e-6, rtol=1e-5)
+    assert not torch.equal(stacked["w"], w0)  # updated in place
+    assert torch.equal(stacked["unused"], torch.zeros(3, 2))  # no gradient: untouched
+
+
+def test_stacked_adam_without_a_fused_kernel(monkeypatch):
+    """Where torch has no fused Adam for the device, the default Adam runs (same result)."""
+    adam = torch.optim.Adam
+
+    def no_fused(*args, fused=None, **kwargs):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be ... supported devices")
+        return adam(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", no_fused)
+    w0 = torch.randn(2, 3, generator=torch.Generator().manual_seed(1))
+    stacked = {"w": w0.clone()}
+    opt = _StackedAdam(stacked, [1e-2, 1e-1], [0.0, 1e-2], betas=(0.9, 0.999), eps=1e-8)
+    assert not opt.optimizer.defaults["fused"]
+    grad = torch.ones(2, 3)
+    opt.step([grad])
+    for i, lr in enumerate([1e-2, 1e-1]):  # Adam's first step moves each weight by lr
+        torch.testing.assert_close(stacked["w"][i], w0[i] - lr, atol=1e-6, rtol=0)
 
 
 def test_preload_pads_and_masks():
